@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv and installs
+# robustdml with its dependencies the first time (and again only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/demo
+
+.PHONY: install demo test test-slow test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(RUN)
+	$(VENV)/bin/robustdml train --config configs/digits.yaml --out $(RUN)
+	$(VENV)/bin/robustdml evaluate $(RUN) --dataset digits --json $(RUN)/eval.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -1,0 +1,133 @@
+"""The ``robustdml`` command: train, evaluate, data info (and more as they arrive).
+
+Errors caused by the user's input print as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import RobustDMLError
+
+log = logging.getLogger("robustdml")
+
+
+def _cmd_train(args) -> int:
+    from ..engine import train
+    from .config import load_train_config, read_yaml
+    from ..engine.config import config_from_dict
+    from .config import apply_overrides
+
+    if args.resume and args.config is None:
+        saved = Path(args.out) / "config.yaml"
+        cfg = config_from_dict(apply_overrides(read_yaml(saved), args.overrides))
+    else:
+        if args.config is None:
+            raise RobustDMLError("train needs --config FILE (e.g. configs/digits.yaml)")
+        cfg = load_train_config(args.config, args.overrides)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    from ..reporting import metrics_table
+    print(f"best epoch {result['best_epoch']} by {result['select_metric']}; model in {Path(args.out) / 'best'}")
+    print(metrics_table({"clean": result["clean"]}))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import torch
+
+    from ..data import dataset_spec
+    from ..evaluation import evaluate_model
+    from ..files import write_json
+    from ..models import load_model
+    from ..reporting import metrics_table
+
+    dataset_spec(args.dataset)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device)
+    metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
+                             image_size=args.image_size, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    result = {"clean": metrics}
+    print(metrics_table(result))
+    out = Path(args.json) if args.json else (Path(args.model) / "eval.json" if Path(args.model).is_dir() else None)
+    if out is not None:
+        write_json(out, result)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_data_info(args) -> int:
+    from ..data import dataset_info
+    print(json.dumps(dataset_info(args.dataset, args.root), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..data import DATASETS
+
+    parser = argparse.ArgumentParser(
+        prog="robustdml",
+        description="Adversarially robust deep metric learning: train, attack, defend (EAT) and evaluate "
+                    "clustering-based inference and retrieval.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars, warnings only")
+    parser._add_container_actions(common)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **k: sub_add(*a, parents=[common], **k)  # -q/-v after the command too
+
+    p = sub.add_parser("train", help="train an embedding model from a YAML config",
+                       description="Train a deep metric learning model. Any config key can be overridden "
+                                   "with key=value (e.g. epochs=5 seed=1 method=standard loss_kwargs.margin=0.2).")
+    p.add_argument("--config", help="YAML config (e.g. configs/digits.yaml); with --resume, defaults to RUN_DIR/config.yaml")
+    p.add_argument("--out", required=True, help="run directory for logs, checkpoints and models")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean clustering and retrieval metrics of a model",
+                       description="k-means NMI, pairwise F1, ARI, Recall@K and MAP@R on the test classes.")
+    p.add_argument("model", help="run directory (its best model) or saved model directory")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--root", help="dataset folder (not needed for digits)")
+    p.add_argument("--json", help="write the results here (default: MODEL/eval.json for a directory)")
+    _add_eval_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("info", help="images, classes and label range per split, as JSON")
+    q.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    q.add_argument("--root", help="dataset folder (not needed for digits)")
+    q.set_defaults(func=_cmd_data_info)
+    return parser
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--device", default="auto")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.quiet, args.verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    try:
+        return args.func(args)
+    except RobustDMLError as e:
+        print(f"robustdml: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustdml: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,137 @@
+"""The training configuration: one flat dataclass, validated before any work starts."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import ConfigError
+
+SCHEDULES = ("step", "cosine", "none")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "digits"
+    root: str | None = None
+    image_size: int = 224
+    workers: int = 0
+    # model
+    backbone: str = "small-cnn"
+    pretrained: bool | str = False
+    embedding_dim: int = 512
+    freeze_bn: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    backbone_kwargs: dict = field(default_factory=dict)
+    # loss and method
+    loss: str = "proxy_anchor"
+    loss_kwargs: dict = field(default_factory=lambda: {"margin": 0.1, "alpha": 32})
+    method: str = "standard"
+    method_kwargs: dict = field(default_factory=dict)
+    # optimisation (Proxy Anchor recipe: AdamW, proxies at 100x the learning rate, step decay)
+    epochs: int = 40
+    batch_size: int = 128
+    samples_per_class: int = 0
+    lr: float = 1e-4
+    proxy_lr_mult: float = 100.0
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    schedule: str = "step"
+    lr_step: int = 10
+    lr_gamma: float = 0.5
+    grad_clip: float = 0.0
+    # evaluation and bookkeeping
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    select_metric: str = "recall@1"  # the "best" model; "last" keeps the final epoch
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "TrainConfig":
+        from ..data import DATASETS
+        from ..losses import LOSSES, _key
+        from ..methods import METHODS
+        from ..models import BACKBONES
+
+        checks = [
+            (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, not '{self.dataset}'"),
+            (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, not '{self.method}'"),
+            (_key(self.loss) in LOSSES, f"loss '{self.loss}' is not a pytorch-metric-learning loss"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
+            (self.samples_per_class >= 0, f"samples_per_class must be 0 (random batches) or more, got {self.samples_per_class}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.proxy_lr_mult > 0, f"proxy_lr_mult must be positive, got {self.proxy_lr_mult}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (self.lr_step >= 1, f"lr_step must be at least 1, got {self.lr_step}"),
+            (0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            (self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
+            (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
+            (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.select_metric in ("last", "nmi", "f1", "ari", "map@r") or self.select_metric.startswith("recall@"),
+             f"select_metric must be last, nmi, f1, ari, map@r or recall@K, not '{self.select_metric}'"),
+            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be auto, cpu or cuda[:N], not '{self.device}'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _type_ok(value, annotation) -> bool:
+    if annotation is typing.Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(annotation) or (typing.Any,)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def config_from_dict(data: dict, cls=TrainConfig):
+    """Build and validate a config; unknown keys get a did-you-mean, wrong types a clear error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else
+                                                              f"; known keys: {', '.join(known)}"))
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"config key '{key}' expects {_type_name(hints[key])}, got {value!r}")
+        if hints[key] is float and isinstance(value, int):
+            value = float(value)
+        values[key] = value
+    return cls(**values).validate()
+
+
+def _type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")

@@ -1,0 +1,230 @@
+"""The training loop: data, model, loss, method, optimiser, per-epoch evaluation, logs, checkpoints.
+
+Run directory layout::
+
+    RUN_DIR/config.yaml       resolved configuration
+    RUN_DIR/log.csv           one row per epoch (loss, lr, metrics)
+    RUN_DIR/tb/               TensorBoard events
+    RUN_DIR/best/, last/      saved models (model.safetensors + model.json)
+    RUN_DIR/checkpoint.pt     resume state (optimizer, scheduler, RNG, history)
+    RUN_DIR/metrics.json      the best model's clean metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..data import ClassBalancedBatchSampler, RandomBatchSampler, dataset_spec, evaluation_sets, get_dataset
+from ..errors import ConfigError, RobustDMLError
+from ..evaluation import embed, evaluate_embeddings
+from ..files import write_json, write_text
+from ..losses import create_loss
+from ..methods import create_method
+from ..models import create_model, save_model
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RobustDMLError):
+    """The loss became NaN or infinite."""
+
+
+class Indexed(Dataset):
+    """Adds each sample's index to the item, for methods that route samples to ensemble members."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        return image, label, i
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "step":
+        return cfg.lr_gamma ** (epoch // cfg.lr_step)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return 1.0
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig` and runs it in ``out_dir``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        if self.checkpoint_path.exists() and not resume:
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and not self.checkpoint_path.exists():
+            raise ConfigError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+
+        self.spec = dataset_spec(cfg.dataset)
+        self.train_set = get_dataset(cfg.dataset, "train", cfg.root, train=True, image_size=cfg.image_size)
+        self.query_set, self.gallery_set = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        if cfg.samples_per_class:
+            self.sampler = ClassBalancedBatchSampler(self.train_set.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
+        else:
+            self.sampler = RandomBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
+        self.loader = DataLoader(Indexed(self.train_set), batch_sampler=self.sampler, num_workers=cfg.workers,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
+
+        in_channels = int(self.train_set[0][0].shape[0])
+        self.model = create_model(cfg.backbone, pretrained=cfg.pretrained, embedding_dim=cfg.embedding_dim,
+                                  in_channels=in_channels, mean=cfg.mean, std=cfg.std, freeze_bn=cfg.freeze_bn,
+                                  backbone_kwargs=cfg.backbone_kwargs).to(self.device)
+        self.criterion = create_loss(cfg.loss, self.train_set.num_classes, cfg.embedding_dim,
+                                     **cfg.loss_kwargs).to(self.device)
+        self.method = create_method(cfg.method, **cfg.method_kwargs)
+
+        head = {id(p) for p in self.model.head_parameters()}
+        groups = [
+            {"params": [p for p in self.model.parameters() if id(p) not in head], "lr": cfg.lr},
+            {"params": self.model.head_parameters(), "lr": cfg.lr},
+        ]
+        loss_params = list(self.criterion.parameters())
+        if loss_params:
+            groups.append({"params": loss_params, "lr": cfg.lr * cfg.proxy_lr_mult})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
+
+        self.start_epoch, self.history = 0, []
+        self.best = {"metric": -math.inf, "epoch": -1}
+        if resume:
+            self._restore(load_checkpoint(self.checkpoint_path))
+
+    # --- state -----------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "best": dict(self.best), "history": list(self.history),
+                "config": self.cfg.to_dict()}
+
+    def _restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.criterion.load_state_dict(state["criterion"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"{self.checkpoint_path} does not match this configuration: {str(e).splitlines()[0]}") from None
+        set_rng_state(state["rng"])
+        self.start_epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
+        log.info("resuming %s after epoch %d", self.out, self.start_epoch)
+
+    # --- loop ------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        bs, dev = self.cfg.eval_batch_size, self.device
+        q, ql = embed(self.model, self.query_set, bs, dev, self.cfg.workers)
+        g, gl = embed(self.model, self.gallery_set, bs, dev, self.cfg.workers) if self.gallery_set else (None, None)
+        return evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed)
+
+    def train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        warm = epoch < cfg.warmup_epochs
+        head = {id(p) for p in self.model.head_parameters()}
+        for p in self.model.parameters():
+            if id(p) not in head:
+                p.requires_grad_(not warm)  # warm-up trains only the head and the proxies
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        total, steps = 0.0, 0
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if self.progress else True)
+        for images, labels, index in bar:
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            loss = self.method.loss(self.model, self.criterion, images, labels, index)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}; the last good checkpoint "
+                    f"({self.checkpoint_path}) is untouched - lower lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        self.scheduler.step()
+        return total / max(steps, 1)
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(self.out / "tb"))
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                loss = self.train_epoch(epoch)
+                row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    metrics = self.evaluate()
+                    row.update(metrics)
+                    if cfg.select_metric != "last" and cfg.select_metric not in metrics:
+                        raise ConfigError(f"select_metric '{cfg.select_metric}' is not computed for {cfg.dataset}; "
+                                          f"choose from {', '.join(metrics)}")
+                    score = float(epoch) if cfg.select_metric == "last" else metrics[cfg.select_metric]
+                    if score > self.best["metric"]:
+                        self.best = {"metric": score, "epoch": epoch + 1, "metrics": metrics}
+                        save_model(self.model, self.out / "best", extra={"epoch": epoch + 1, "metrics": metrics})
+                for key, value in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch + 1)
+                self.history.append(row)
+                save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
+                save_checkpoint(self.checkpoint_path, self._state(epoch + 1))
+                self._write_log()
+                log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
+                         "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr")))
+        finally:
+            writer.close()
+        result = {"best_epoch": self.best["epoch"], "select_metric": cfg.select_metric,
+                  "clean": self.best.get("metrics", {})}
+        write_json(self.out / "metrics.json", result)
+        return result
+
+    def _write_log(self) -> None:
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        write_text(self.out / "log.csv", buf.getvalue())
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train a model as ``cfg`` says, in ``out_dir``. Returns the best epoch's metrics."""
+    return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()

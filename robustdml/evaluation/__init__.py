@@ -1,0 +1,46 @@
+"""Evaluation: metrics as plain functions, embedding, clean evaluation of a model on a dataset.
+
+>>> from robustdml.evaluation import evaluate_model
+>>> evaluate_model(model, "digits")["nmi"]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import dataset_spec, evaluation_sets
+from .embed import embed
+from .metrics import ari, clustering_metrics, kmeans, nmi, pairwise_f1, retrieval_metrics
+
+METRIC_ORDER = ("nmi", "f1", "ari")
+
+
+def evaluate_embeddings(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.Tensor | None = None,
+                        gallery_labels: np.ndarray | None = None, ks=(1, 2, 4, 8), seed: int = 0,
+                        restarts: int = 5) -> dict[str, float]:
+    """Every metric for one set of embeddings. Clustering runs on all test embeddings (query and
+    gallery together when there is a gallery), with k = number of classes among them."""
+    if gallery is None:
+        all_emb, all_labels = query, query_labels
+    else:
+        all_emb, all_labels = torch.cat([query, gallery]), np.concatenate([query_labels, gallery_labels])
+    result = clustering_metrics(all_emb.numpy(), all_labels, seed=seed, restarts=restarts)
+    result.update(retrieval_metrics(query, query_labels, gallery, gallery_labels, ks=ks))
+    return result
+
+
+def evaluate_model(model: nn.Module, dataset: str, root=None, device: str | torch.device = "cpu",
+                   batch_size: int = 256, image_size: int = 224, seed: int = 0, workers: int = 0,
+                   progress: bool = False) -> dict[str, float]:
+    """Clean metrics of ``model`` on the test classes of ``dataset``."""
+    spec = dataset_spec(dataset)
+    query_set, gallery_set = evaluation_sets(dataset, root, image_size=image_size)
+    q, ql = embed(model, query_set, batch_size, device, workers, progress)
+    g, gl = embed(model, gallery_set, batch_size, device, workers, progress) if gallery_set is not None else (None, None)
+    return evaluate_embeddings(q, ql, g, gl, ks=spec.recall_ks, seed=seed)
+
+
+__all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clustering_metrics", "retrieval_metrics",
+           "kmeans", "nmi", "ari", "pairwise_f1"]

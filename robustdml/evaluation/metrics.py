@@ -1,0 +1,112 @@
+"""Clustering and retrieval metrics as plain functions.
+
+Clustering: k-means (faiss) with k = number of classes, then NMI (arithmetic normalisation), ARI
+(scikit-learn) and pairwise F1 (Manning, Raghavan & Schütze, *Introduction to Information
+Retrieval*, §16.3: pairs of samples put in one cluster vs. pairs of one class).
+Retrieval: Recall@K and MAP@R (Musgrave et al., "A Metric Learning Reality Check", arXiv 2003.08505),
+computed in chunks of queries so no N x N similarity matrix is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+# Similarity rows per chunk are sized so one chunk of float32 similarities is at most this big.
+CHUNK_BYTES = 256 * 2**20
+
+
+def kmeans(embeddings: np.ndarray, k: int, seed: int = 0, restarts: int = 5, iterations: int = 100):
+    """faiss k-means keeping the best of ``restarts`` runs. Returns (assignments (N,), centroids (k, D))."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=restarts, seed=seed, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=max(256, len(x)))
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return assign.ravel().astype(np.int64), km.centroids.copy()
+
+
+def nmi(labels, clusters) -> float:
+    return float(normalized_mutual_info_score(labels, clusters, average_method="arithmetic"))
+
+
+def ari(labels, clusters) -> float:
+    return float(adjusted_rand_score(labels, clusters))
+
+
+def pairwise_f1(labels, clusters) -> float:
+    """F1 over sample pairs: a pair is predicted positive when both samples share a cluster and is
+    truly positive when they share a class. Counted from the contingency table in O(N)."""
+    table = contingency_matrix(labels, clusters, sparse=True)
+
+    def pairs(counts) -> int:
+        counts = np.asarray(counts, dtype=np.int64).ravel()
+        return int((counts * (counts - 1) // 2).sum())
+
+    true_pos = pairs(table.data)
+    predicted = pairs(table.sum(axis=0))
+    actual = pairs(table.sum(axis=1))
+    if true_pos == 0:
+        return 0.0
+    precision, recall = true_pos / predicted, true_pos / actual
+    return float(2 * precision * recall / (precision + recall))
+
+
+def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, restarts: int = 5) -> dict:
+    """k-means with k = number of classes, then NMI, pairwise F1 and ARI."""
+    clusters, _ = kmeans(embeddings, int(len(np.unique(labels))), seed=seed, restarts=restarts)
+    return {"nmi": nmi(labels, clusters), "f1": pairwise_f1(labels, clusters), "ari": ari(labels, clusters)}
+
+
+def retrieval_metrics(query: torch.Tensor, query_labels, gallery: torch.Tensor | None = None,
+                      gallery_labels=None, ks=(1, 2, 4, 8), chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """Recall@K for each K and MAP@R by cosine similarity (embeddings are unit vectors).
+
+    With ``gallery=None`` the query set is its own gallery and each query leaves itself out.
+    Queries with no other sample of their class in the gallery are skipped, as in
+    pytorch-metric-learning. Memory is bounded by ``chunk_bytes`` of similarities at a time.
+    """
+    leave_one_out = gallery is None
+    query = torch.as_tensor(query, dtype=torch.float32)
+    gallery = query if leave_one_out else torch.as_tensor(gallery, dtype=torch.float32)
+    ql = torch.as_tensor(np.asarray(query_labels), dtype=torch.int64)
+    gl = ql if leave_one_out else torch.as_tensor(np.asarray(gallery_labels), dtype=torch.int64)
+
+    classes, counts = torch.unique(gl, return_counts=True)
+    pos = torch.searchsorted(classes, ql).clamp(max=len(classes) - 1)
+    relevant = torch.where(classes[pos] == ql, counts[pos], torch.zeros_like(ql)) - int(leave_one_out)
+    valid = relevant > 0
+    n_gallery = len(gallery) - int(leave_one_out)
+    depth = min(n_gallery, max(max(ks), int(relevant.max()) if valid.any() else 1))
+
+    hits = {k: 0.0 for k in ks}
+    ap_sum = 0.0
+    rows = max(1, chunk_bytes // (4 * len(gallery)))
+    for start in range(0, len(query), rows):
+        end = min(start + rows, len(query))
+        sims = query[start:end] @ gallery.T
+        if leave_one_out:
+            idx = torch.arange(start, end)
+            sims[idx - start, idx] = -math.inf
+        top = sims.topk(depth, dim=1).indices
+        match = gl[top] == ql[start:end, None]
+        r = relevant[start:end]
+        keep = valid[start:end]
+        for k in ks:
+            hits[k] += float(match[:, :k].any(1)[keep].sum())
+        # MAP@R: mean over the first R ranks of precision@i at each relevant rank i.
+        within_r = torch.arange(depth)[None, :] < r[:, None]
+        rel = match & within_r
+        precision = rel.cumsum(1) / torch.arange(1, depth + 1)[None, :]
+        ap = (precision * rel).sum(1) / r.clamp(min=1)
+        ap_sum += float(ap[keep].sum())
+
+    n_valid = max(int(valid.sum()), 1)
+    result = {f"recall@{k}": hits[k] / n_valid for k in ks}
+    result["map@r"] = ap_sum / n_valid
+    return result

@@ -1,0 +1,111 @@
+"""Backbone registry: each entry builds a feature extractor (B, C, H, W) -> (B, F, h, w) and says how
+its input is normalised. ``pretrained`` is False, True (ImageNet weights from the local torch cache)
+or a path to a weight file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import ConfigError, ModelFileError
+from .bninception import BNInception, load_bninception_weights
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    module: nn.Module
+    out_features: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    caffe_input: bool = False  # BGR, [0, 255]: the Caffe-trained BN-Inception's input space
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str):
+    def wrap(fn):
+        BACKBONES[name] = fn
+        return fn
+    return wrap
+
+
+def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or .pth file, never unpickling arbitrary objects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"weight file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to parse is the file's fault
+        raise ModelFileError(f"cannot read weight file {path}: {str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelFileError(f"weight file {path} does not hold a state dict")
+    return state
+
+
+def _torchvision_resnet(name: str, pretrained: bool | str) -> nn.Module:
+    builder = getattr(torchvision.models, name)
+    net = builder(weights=None)
+    if pretrained is True:
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file():
+            raise ConfigError(
+                f"ImageNet weights for {name} are not in the local torch cache ({cached}); put the file "
+                f"{Path(weights.url).name} there, pass pretrained=PATH to a weight file, or pretrained=false")
+        net.load_state_dict(read_weight_file(cached))
+    elif pretrained:
+        net.load_state_dict(read_weight_file(pretrained))
+    return nn.Sequential(*list(net.children())[:-2])  # drop global pooling and the classifier
+
+
+@register_backbone("resnet18")
+def resnet18(pretrained: bool | str = True, in_channels: int = 3) -> Backbone:
+    return Backbone(_torchvision_resnet("resnet18", pretrained), 512, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_backbone("resnet50")
+def resnet50(pretrained: bool | str = True, in_channels: int = 3) -> Backbone:
+    return Backbone(_torchvision_resnet("resnet50", pretrained), 2048, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_backbone("bn-inception")
+def bn_inception(pretrained: bool | str = True, in_channels: int = 3) -> Backbone:
+    net = BNInception()
+    if pretrained is True:
+        raise ConfigError("bn-inception has no bundled weights: pass pretrained=PATH to the Caffe-converted "
+                          "ImageNet weight file (bn_inception-52deb4733.pth), or pretrained=false")
+    if pretrained:
+        load_bninception_weights(net, read_weight_file(pretrained))
+    return Backbone(net, BNInception.out_channels, (104 / 255, 117 / 255, 128 / 255), (1 / 255,) * 3, caffe_input=True)
+
+
+@register_backbone("small-cnn")
+def small_cnn(pretrained: bool | str = False, in_channels: int = 1, width: int = 32) -> Backbone:
+    """Three conv-BN-ReLU layers for the 8x8 digits: (B, 1, 8, 8) -> (B, 4w, 4, 4)."""
+    if pretrained:
+        raise ConfigError("small-cnn has no pretrained weights; set pretrained=false")
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(*block(in_channels, width), *block(width, 2 * width), nn.MaxPool2d(2),
+                        *block(2 * width, 4 * width))
+    return Backbone(net, 4 * width, (0.3,) * in_channels, (0.4,) * in_channels)

@@ -1,0 +1,57 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robustdml.cli.main import main
+
+FAST = ["epochs=1", "embedding_dim=16", "batch_size=64", "lr=0.001"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "robustdml", *args], capture_output=True, text=True)
+
+
+def test_data_info_digits(capsys):
+    assert main(["data", "info", "--dataset", "digits"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train"]["classes"] == 5 and info["test"]["classes"] == 5
+    assert (info["train"]["label_min"], info["train"]["label_max"]) == (0, 4)
+    assert (info["test"]["label_min"], info["test"]["label_max"]) == (5, 9)
+    assert info["train"]["images"] + info["test"]["images"] == 1797
+
+
+def test_data_info_fixture(fixture_dataset, capsys):
+    name, root = fixture_dataset
+    assert main(["data", "info", "--dataset", name, "--root", str(root)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert all({"images", "classes", "label_min", "label_max"} <= set(v) for v in info.values())
+
+
+def test_train_then_evaluate_writes_float_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/digits.yaml", "--out", str(run), "-q", *FAST]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--dataset", "digits", "--json", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "nmi" in printed and "recall@1" in printed
+    result = json.loads(out.read_text())
+    assert set(result) == {"clean"}
+    for key in ("nmi", "f1", "ari", "recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
+        assert isinstance(result["clean"][key], float)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--config", "configs/digits.yaml", "--out", "{tmp}/r", "epoch=3"], "did you mean 'epochs'"),
+    (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "does not exist"),
+    (["train", "--config", "configs/digits.yaml", "--out", "{tmp}/r", "lr=abc"], "expects float"),
+    (["evaluate", "{tmp}/nomodel", "--dataset", "digits"], "no model"),
+    (["data", "info", "--dataset", "cub", "--root", "{tmp}/nothing"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
+    proc = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("robustdml: error")]
+    assert len(lines) == 1 and match in lines[0]
