@@ -15,3 +15,17 @@ torch.set_num_threads(2)
 def fixture_dataset(request, tmp_path):
     """(name, root) of a tiny dataset in its official layout."""
     return request.param, MAKERS[request.param](tmp_path)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The default digits config trained once per test session (standard Proxy Anchor, ~10 s)."""
+    from robustdml.cli.config import load_train_config
+    from robustdml.engine import train
+
+    run = tmp_path_factory.mktemp("digits") / "run"
+    result = train(load_train_config(REPO / "configs" / "digits.yaml"), run, progress=False)
+    return run, result

@@ -59,6 +59,60 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_attack(args) -> int:
+    import torch
+
+    from ..attacks import ATTACKS
+    from ..data import dataset_spec, evaluation_sets
+    from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+    from ..files import write_json
+    from ..models import load_model
+    from ..reporting import metrics_table, plot_adversarial_grid, plot_metrics_vs_eps
+
+    spec = dataset_spec(args.dataset)
+    names = list(ATTACKS) if "all" in args.attack else list(dict.fromkeys(args.attack))
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise RobustDMLError(f"unknown attack {unknown[0]!r}; choose from all, {', '.join(ATTACKS)}")
+    eps_values = args.eps if args.eps else [spec.eps]
+    if any(not e >= 0 for e in eps_values):
+        raise RobustDMLError(f"--eps must be >= 0, got {min(eps_values)}")
+    if args.steps < 1 or args.restarts < 1:
+        raise RobustDMLError("--steps and --restarts must be at least 1")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device)
+    surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
+    query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
+    settings = AttackSettings(steps=args.steps, restarts=args.restarts, norm=args.norm, seed=args.seed,
+                              batch_size=args.batch_size)
+    evaluator = RobustEvaluator(model, query, gallery, ks=spec.recall_ks, device=device, settings=settings,
+                                surrogate=surrogate, kmeans_seed=args.seed, progress=not args.quiet)
+    result = evaluator.run(eps_values, names, main_eps=spec.eps if spec.eps in eps_values else None)
+    result["model"], result["dataset"] = str(args.model), args.dataset
+
+    out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
+    json_path = Path(args.json) if args.json else out_dir / "attack.json"
+    write_json(json_path, result)
+    plot_metrics_vs_eps(result, out_dir / "metrics_vs_eps.png")
+    sample = evaluator.sample
+    plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
+                          title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")
+
+    rows = {"clean": result["clean"]}
+    for k in result["worst"]:
+        for name in names:
+            if k in result["attacks"].get(name, {}):
+                rows[f"{name} @{k}"] = result["attacks"][name][k]
+        rows[f"WORST @{k}"] = result["worst"][k]
+    print(metrics_table(rows))
+    print()
+    for name, check in result["checks"].items():
+        state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
+        print(f"check {name:24s} {state}" + (f"  ({check['note']})" if "note" in check else ""))
+    print(f"wrote {json_path}, {out_dir / 'metrics_vs_eps.png'}, {out_dir / 'adversarial_examples.png'}")
+    return 0
+
+
 def _cmd_data_info(args) -> int:
     from ..data import dataset_info
     print(json.dumps(dataset_info(args.dataset, args.root), indent=2))
@@ -98,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here (default: MODEL/eval.json for a directory)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("attack", help="robust evaluation under the attack suite",
+                       description="Perturb every test image with each attack at each eps, cluster again and "
+                                   "compute every metric; report the worst case per metric and the "
+                                   "honest-evaluation checks. Writes JSON and PNG plots.")
+    p.add_argument("model", help="run directory (its best model) or saved model directory")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--root", help="dataset folder (not needed for digits)")
+    p.add_argument("--eps", type=float, nargs="+", help="budgets in [0,1] pixel units (default: the dataset's)")
+    p.add_argument("--attack", nargs="+", default=["all"], help="attacks to run: all (default) or names")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts, worst kept (default 1)")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--surrogate", help="saved model for the transfer attack (without it, transfer is skipped)")
+    p.add_argument("--out", help="folder for plots (default: MODEL/attack)")
+    p.add_argument("--json", help="results file (default: OUT/attack.json)")
+    _add_eval_options(p)
+    p.set_defaults(func=_cmd_attack)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -64,18 +64,22 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0
 
 
 def retrieval_metrics(query: torch.Tensor, query_labels, gallery: torch.Tensor | None = None,
-                      gallery_labels=None, ks=(1, 2, 4, 8), chunk_bytes: int = CHUNK_BYTES) -> dict:
+                      gallery_labels=None, ks=(1, 2, 4, 8), chunk_bytes: int = CHUNK_BYTES,
+                      leave_one_out: bool | None = None) -> dict:
     """Recall@K for each K and MAP@R by cosine similarity (embeddings are unit vectors).
 
     With ``gallery=None`` the query set is its own gallery and each query leaves itself out.
+    ``leave_one_out=True`` with a gallery means query i and gallery item i are the same image (e.g.
+    adversarial queries against their clean selves), so item i is left out for query i.
     Queries with no other sample of their class in the gallery are skipped, as in
     pytorch-metric-learning. Memory is bounded by ``chunk_bytes`` of similarities at a time.
     """
-    leave_one_out = gallery is None
+    if leave_one_out is None:
+        leave_one_out = gallery is None
     query = torch.as_tensor(query, dtype=torch.float32)
-    gallery = query if leave_one_out else torch.as_tensor(gallery, dtype=torch.float32)
+    gallery = query if gallery is None else torch.as_tensor(gallery, dtype=torch.float32)
     ql = torch.as_tensor(np.asarray(query_labels), dtype=torch.int64)
-    gl = ql if leave_one_out else torch.as_tensor(np.asarray(gallery_labels), dtype=torch.int64)
+    gl = ql if gallery_labels is None else torch.as_tensor(np.asarray(gallery_labels), dtype=torch.int64)
 
     classes, counts = torch.unique(gl, return_counts=True)
     pos = torch.searchsorted(classes, ql).clamp(max=len(classes) - 1)

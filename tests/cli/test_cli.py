@@ -55,3 +55,27 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("robustdml: error")]
     assert len(lines) == 1 and match in lines[0]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--eps", "-0.1"], "eps"),
+    (["--steps", "0"], "steps"),
+    (["--attack", "fgsm-magic"], "unknown attack"),
+])
+def test_attack_bad_input(digits_run, extra, match):
+    run, _ = digits_run
+    proc = run_cli("attack", str(run), "--dataset", "digits", *extra)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert match in proc.stderr.strip().splitlines()[-1]
+
+
+def test_attack_missing_or_corrupt_model(tmp_path, digits_run):
+    proc = run_cli("attack", str(tmp_path / "none"), "--dataset", "digits")
+    assert proc.returncode == 2 and "no model" in proc.stderr and "Traceback" not in proc.stderr
+    import shutil
+    run, _ = digits_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "best", broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 16)
+    proc = run_cli("attack", str(broken), "--dataset", "digits")
+    assert proc.returncode == 2 and "safetensors" in proc.stderr and "Traceback" not in proc.stderr

@@ -73,10 +73,7 @@ def test_bad_config_values(data, match):
         config_from_dict(data)
 
 
-def test_default_digits_config_reaches_the_floor(tmp_path):
-    from robustdml.cli.config import load_train_config
-    from pathlib import Path
-    cfg = load_train_config(Path(__file__).parents[2] / "configs" / "digits.yaml")
-    result = train(cfg, tmp_path / "run", progress=False)
+def test_default_digits_config_reaches_the_floor(digits_run):
+    _, result = digits_run
     assert result["clean"]["recall@1"] >= 0.85
     assert result["clean"]["nmi"] >= 0.30

@@ -1,0 +1,38 @@
+"""Run every benchmark and print one line per figure, `NAME RATIO TARGET`, then the details.
+
+    make bench            # or: python bench/run.py
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import attack_speed  # noqa: E402
+
+BENCHMARKS = [attack_speed]
+
+
+def main() -> int:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    lines, details = [], {}
+    for bench in BENCHMARKS:
+        figure, info = bench.run(device)
+        lines.append(figure)
+        details[figure.split()[0]] = info
+    print("\n".join(lines))
+    print()
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(json.dumps({"device": machine, "torch": torch.__version__, **details}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""Attacks on deep metric learning, all PGD-based (DESIGN §2), grouped by what they need:
+
+- label-free: ``displacement`` (embedding displacement)
+- clustering-aware: ``centroid`` (centroid margin against the clean k-means clustering)
+- retrieval: ``retrieval`` (Recall@1 margin against a clean gallery)
+- black-box controls: ``transfer`` (from a surrogate model), ``noise`` (uniform noise, the floor)
+
+>>> from robustdml.attacks import create_attack
+>>> x_adv = create_attack("displacement", eps=8 / 255, steps=10)(model, images)
+"""
+
+from .base import Attack, Norm, project, random_start
+from .centroid import CentroidMargin
+from .displacement import EmbeddingDisplacement
+from .noise import UniformNoise
+from .registry import ATTACKS, create_attack, register_attack
+from .retrieval import RetrievalAttack
+from .transfer import TransferAttack
+
+__all__ = ["Attack", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
+           "EmbeddingDisplacement", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise"]

@@ -1,0 +1,27 @@
+"""Transfer attack: adversarial examples crafted on a separate surrogate model (with embedding
+displacement, which needs nothing from the target), then fed to the target. If it hurts the target
+much more than the white-box attacks do, the target's gradients are masked."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Attack
+from .displacement import EmbeddingDisplacement
+from .registry import register_attack
+
+
+@register_attack
+class TransferAttack(Attack):
+    name = "transfer"
+    white_box = False
+    needs = ("surrogate",)
+
+    def objective(self, embeddings, context):  # pragma: no cover - the inner attack optimises
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, images, **context):
+        surrogate = context["surrogate"]
+        inner = EmbeddingDisplacement(self.eps, self.steps, self.step_size, self.norm, self.random_init,
+                                      self.restarts, self.seed)
+        return inner(surrogate, images)

@@ -1,0 +1,64 @@
+"""Plots: metrics against eps (a line per attack), and clean / adversarial / perturbation images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..files import atomic_path  # noqa: E402
+
+PLOT_METRICS = ("nmi", "f1", "ari", "recall@1")
+
+
+def plot_metrics_vs_eps(result: dict, path: str | Path, metrics=PLOT_METRICS) -> Path:
+    """One panel per metric; a line per attack and a dashed line for the worst case; clean at eps 0."""
+    eps_keys = list(result["worst"])
+    eps = [float(k) for k in eps_keys]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        clean = result["clean"][metric]
+        for name, per_eps in result["attacks"].items():
+            ax.plot([0] + eps, [clean] + [per_eps[k][metric] for k in eps_keys], marker="o", ms=3, label=name)
+        ax.plot([0] + eps, [clean] + [result["worst"][k][metric] for k in eps_keys], "k--", lw=2, label="worst")
+        ax.set_title(metric)
+        ax.set_xlabel("eps")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_adversarial_grid(clean: torch.Tensor, adversarial: torch.Tensor, eps: float, path: str | Path,
+                          title: str = "") -> Path:
+    """Rows: clean, adversarial, perturbation amplified to the full range (0.5 + δ / 2eps)."""
+    n = len(clean)
+    delta = adversarial - clean
+    amplified = (0.5 + delta / (2 * max(eps, 1e-12))).clamp(0, 1)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    for row, (images, label) in enumerate([(clean, "clean"), (adversarial, "adversarial"), (amplified, "perturbation")]):
+        for i in range(n):
+            ax = axes[row][i]
+            image = images[i].permute(1, 2, 0).numpy()
+            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row][0].set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

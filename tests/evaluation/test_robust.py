@@ -1,0 +1,83 @@
+"""Acceptance of the attack suite on the default (undefended) digits model."""
+
+import json
+
+import pytest
+
+import robustdml
+from robustdml.cli.main import main
+from robustdml.data import dataset_spec, evaluation_sets
+from robustdml.evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+
+EPS = [0.05, 0.1, 0.15, 0.2]
+
+
+@pytest.fixture(scope="module")
+def suite(digits_run):
+    run, _ = digits_run
+    query, gallery = evaluation_sets("digits")
+    evaluator = RobustEvaluator(robustdml.load_model(run), query, gallery, ks=(1, 2, 4, 8), settings=AttackSettings())
+    default = dataset_spec("digits").eps
+    return evaluator.run(EPS, ["displacement", "centroid", "retrieval", "noise"], main_eps=default), default
+
+
+def test_default_eps_halves_nmi_and_lowers_recall(suite):
+    result, default = suite
+    worst = result["worst"][eps_key(default)]
+    assert worst["nmi"] <= result["clean"]["nmi"] / 2
+    assert worst["recall@1"] < result["clean"]["recall@1"]
+
+
+def test_every_white_box_attack_beats_noise(suite):
+    result, _ = suite
+    for k in map(eps_key, EPS):
+        noise = result["attacks"]["noise"][k]
+        for name in ("displacement", "centroid", "retrieval"):
+            assert result["attacks"][name][k]["nmi"] < noise["nmi"], (name, k)
+            assert result["attacks"][name][k]["recall@1"] < noise["recall@1"], (name, k)
+    assert result["checks"]["beats_noise"]["passed"] is True
+
+
+def test_worst_case_does_not_rise_with_eps(suite):
+    result, _ = suite
+    for metric in result["clean"]:
+        series = [result["worst"][eps_key(e)][metric] for e in EPS]
+        assert all(b <= a + 0.02 for a, b in zip(series, series[1:])), (metric, series)
+    assert result["checks"]["monotone_in_eps"]["passed"] is True
+
+
+def test_more_steps_and_restarts_do_not_raise_the_worst_case(suite):
+    result, _ = suite
+    for check in ("more_steps", "more_restarts"):
+        assert result["checks"][check]["passed"] is True, result["checks"][check]["change"]
+        assert all(d <= 0.02 for d in result["checks"][check]["change"].values())
+
+
+def test_attacks_never_improve_a_metric_much(suite):
+    result, _ = suite
+    for name, per_eps in result["attacks"].items():
+        for k, metrics in per_eps.items():
+            for metric, value in metrics.items():
+                assert value <= result["clean"][metric] + 0.02, (name, k, metric)
+
+
+def test_worst_is_the_minimum_over_attacks(suite):
+    result, _ = suite
+    for k, worst in result["worst"].items():
+        for metric, value in worst.items():
+            assert value == min(per_eps[k][metric] for per_eps in result["attacks"].values())
+
+
+def test_attack_cli_writes_json_and_plots(digits_run, tmp_path, capsys):
+    run, _ = digits_run
+    out = tmp_path / "atk"
+    code = main(["attack", str(run), "--dataset", "digits", "--eps", "0.1", "--attack", "centroid", "noise",
+                 "--steps", "3", "--surrogate", str(run), "--out", str(out), "-q"])
+    assert code == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert set(result) >= {"clean", "attacks", "worst", "checks"}
+    assert set(result["attacks"]) == {"centroid", "noise"}
+    assert isinstance(result["worst"]["0.1"]["nmi"], float)
+    assert (out / "metrics_vs_eps.png").stat().st_size > 1000
+    assert (out / "adversarial_examples.png").stat().st_size > 1000
+    assert "WORST" in capsys.readouterr().out
