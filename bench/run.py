@@ -15,8 +15,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import attack_speed  # noqa: E402
+import eat_speed  # noqa: E402
+import training_speed  # noqa: E402
 
-BENCHMARKS = [attack_speed]
+BENCHMARKS = [attack_speed, training_speed, eat_speed]
 
 
 def main() -> int:

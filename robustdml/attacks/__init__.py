@@ -12,10 +12,11 @@
 from .base import Attack, Norm, project, random_start
 from .centroid import CentroidMargin
 from .displacement import EmbeddingDisplacement
+from .loss import LossAttack
 from .noise import UniformNoise
 from .registry import ATTACKS, create_attack, register_attack
 from .retrieval import RetrievalAttack
 from .transfer import TransferAttack
 
 __all__ = ["Attack", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
-           "EmbeddingDisplacement", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise"]
+           "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise"]

@@ -113,6 +113,38 @@ def _cmd_attack(args) -> int:
     return 0
 
 
+def _cmd_benchmark(args) -> int:
+    from ..engine.benchmark import Benchmark, load_benchmark_config
+    from ..reporting.report import build_report, print_tables
+
+    cfg = load_benchmark_config(args.config)
+    for item in args.root or []:
+        dataset, sep, path = item.partition("=")
+        if not sep:
+            raise RobustDMLError(f"--root takes DATASET=PATH, got {item!r}")
+        cfg.per_dataset.setdefault(dataset, {})["root"] = path
+    out = Path(args.out or cfg.out or f"runs/{cfg.name}")
+    statuses = Benchmark(cfg, out, progress=not args.quiet).run()
+    md, html_path = build_report(out)
+    print(print_tables(out))
+    failed = [n for n, s in statuses.items() if s == "failed"]
+    print(f"\n{len(statuses)} cells: {sum(s == 'ok' for s in statuses.values())} run, "
+          f"{sum(s == 'skipped' for s in statuses.values())} finished earlier, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    print(f"report: {html_path} (and {md})")
+    return 1 if failed else 0
+
+
+def _cmd_report(args) -> int:
+    from ..reporting.report import build_report, print_tables
+    if not Path(args.run_dir).is_dir():
+        raise RobustDMLError(f"{args.run_dir} is not a benchmark directory")
+    md, html_path = build_report(args.run_dir)
+    print(print_tables(args.run_dir))
+    print(f"report: {html_path} (and {md})")
+    return 0
+
+
 def _cmd_data_info(args) -> int:
     from ..data import dataset_info
     print(json.dumps(dataset_info(args.dataset, args.root), indent=2))
@@ -170,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="results file (default: OUT/attack.json)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_attack)
+
+    p = sub.add_parser("benchmark", help="run a grid of (method, dataset, backbone, seed) cells and report",
+                       description="Train and robust-evaluate every cell of the grid in a benchmark config. "
+                                   "Finished cells are skipped on a rerun; a failing cell is recorded and the "
+                                   "grid goes on. Ends with report.md and report.html in the output folder.")
+    p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/benchmark-digits.yaml)")
+    p.add_argument("--out", help="output folder (default: the config's `out`, else runs/NAME)")
+    p.add_argument("--root", action="append", metavar="DATASET=PATH", help="dataset folder, e.g. cub=/data/CUB_200_2011")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("report", help="rebuild a benchmark's report from its JSON files")
+    p.add_argument("run_dir", help="benchmark output folder")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -46,12 +46,18 @@ class TrainConfig:
     grad_clip: float = 0.0
     # evaluation and bookkeeping
     eval_every: int = 1
+    robust_eval: bool = True  # a cheap attack on a fixed subset of the test set, every evaluation
+    robust_eval_attack: str = "centroid"
+    robust_eval_eps: float | None = None  # default: the dataset's eps
+    robust_eval_steps: int = 5
+    robust_eval_size: int = 512
     eval_batch_size: int = 256
     select_metric: str = "recall@1"  # the "best" model; "last" keeps the final epoch
     seed: int = 0
     device: str = "auto"
 
     def validate(self) -> "TrainConfig":
+        from ..attacks import ATTACKS
         from ..data import DATASETS
         from ..losses import LOSSES, _key
         from ..methods import METHODS
@@ -79,8 +85,17 @@ class TrainConfig:
             (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (self.select_metric in ("last", "nmi", "f1", "ari", "map@r") or self.select_metric.startswith("recall@"),
-             f"select_metric must be last, nmi, f1, ari, map@r or recall@K, not '{self.select_metric}'"),
+            (self.select_metric.removeprefix("robust_") in ("nmi", "f1", "ari", "map@r") or self.select_metric == "last"
+             or self.select_metric.removeprefix("robust_").startswith("recall@"),
+             f"select_metric must be last, nmi, f1, ari, map@r or recall@K (robust_ prefix for the robust "
+             f"validation metric), not '{self.select_metric}'"),
+            (not self.select_metric.startswith("robust_") or self.robust_eval,
+             "a robust_ select_metric needs robust_eval: true"),
+            (self.robust_eval_attack in ATTACKS and ATTACKS[self.robust_eval_attack].white_box,
+             f"robust_eval_attack must be a white-box attack ({', '.join(a for a, c in ATTACKS.items() if c.white_box)})"),
+            (self.robust_eval_eps is None or self.robust_eval_eps >= 0, f"robust_eval_eps must be >= 0, got {self.robust_eval_eps}"),
+            (self.robust_eval_steps >= 1, f"robust_eval_steps must be at least 1, got {self.robust_eval_steps}"),
+            (self.robust_eval_size >= 2, f"robust_eval_size must be at least 2, got {self.robust_eval_size}"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be auto, cpu or cuda[:N], not '{self.device}'"),
         ]

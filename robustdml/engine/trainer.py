@@ -103,12 +103,13 @@ class Trainer:
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
 
         in_channels = int(self.train_set[0][0].shape[0])
-        self.model = create_model(cfg.backbone, pretrained=cfg.pretrained, embedding_dim=cfg.embedding_dim,
-                                  in_channels=in_channels, mean=cfg.mean, std=cfg.std, freeze_bn=cfg.freeze_bn,
-                                  backbone_kwargs=cfg.backbone_kwargs).to(self.device)
-        self.criterion = create_loss(cfg.loss, self.train_set.num_classes, cfg.embedding_dim,
-                                     **cfg.loss_kwargs).to(self.device)
-        self.method = create_method(cfg.method, **cfg.method_kwargs)
+        self.method = create_method(cfg.method, **self._method_kwargs())
+        self.model = self.method.build_model(lambda: create_model(
+            cfg.backbone, pretrained=cfg.pretrained, embedding_dim=cfg.embedding_dim, in_channels=in_channels,
+            mean=cfg.mean, std=cfg.std, freeze_bn=cfg.freeze_bn, backbone_kwargs=cfg.backbone_kwargs)).to(self.device)
+        self.criterion = self.method.build_criterion(lambda: create_loss(
+            cfg.loss, self.train_set.num_classes, cfg.embedding_dim, **cfg.loss_kwargs)).to(self.device)
+        self.method.setup(len(self.train_set), cfg.seed)
 
         head = {id(p) for p in self.model.head_parameters()}
         groups = [
@@ -125,6 +126,16 @@ class Trainer:
         self.best = {"metric": -math.inf, "epoch": -1}
         if resume:
             self._restore(load_checkpoint(self.checkpoint_path))
+
+    def _method_kwargs(self) -> dict:
+        """The configured method options, with the dataset's eps where the method takes one."""
+        import inspect
+        from ..methods import METHODS
+        kwargs = dict(self.cfg.method_kwargs)
+        cls = METHODS.get(self.cfg.method)
+        if cls is not None and "eps" in inspect.signature(cls.__init__).parameters:
+            kwargs.setdefault("eps", self.spec.eps)
+        return kwargs
 
     # --- state -----------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
@@ -150,7 +161,27 @@ class Trainer:
         bs, dev = self.cfg.eval_batch_size, self.device
         q, ql = embed(self.model, self.query_set, bs, dev, self.cfg.workers)
         g, gl = embed(self.model, self.gallery_set, bs, dev, self.cfg.workers) if self.gallery_set else (None, None)
-        return evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed)
+        metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed)
+        if self.cfg.robust_eval:
+            metrics.update({f"robust_{k}": v for k, v in self.robust_validation().items()})
+        return metrics
+
+    def robust_validation(self) -> dict[str, float]:
+        """A cheap attack on a fixed subset of the test queries (leave-one-out retrieval)."""
+        from torch.utils.data import Subset
+
+        from ..evaluation.robust import AttackSettings, RobustEvaluator
+        cfg = self.cfg
+        if not hasattr(self, "_robust_subset"):
+            n = len(self.query_set)
+            chosen = np.random.default_rng(cfg.seed).choice(n, min(n, cfg.robust_eval_size), replace=False)
+            self._robust_subset = Subset(self.query_set, sorted(chosen.tolist()))
+        settings = AttackSettings(steps=cfg.robust_eval_steps, batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        evaluator = RobustEvaluator(self.model, self._robust_subset, None, ks=self.spec.recall_ks, device=self.device,
+                                    settings=settings, kmeans_seed=cfg.seed, samples=0)
+        eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.spec.eps
+        metrics, _ = evaluator.attack(settings.build(cfg.robust_eval_attack, eps))
+        return metrics
 
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg

@@ -59,6 +59,7 @@ class Sample:
     adversarial: torch.Tensor | None = None
     attack: str = ""
     eps: float = 0.0
+    embeddings: torch.Tensor | None = None  # that attack's adversarial embeddings of the whole test pool
 
 
 class _Indexed(Dataset):
@@ -106,6 +107,7 @@ class RobustEvaluator:
         self.reference_labels = torch.from_numpy(self.labels[self.ref_offset:])
         self.clean = self.metrics(self.clean_emb)
         self.sample = Sample()
+        self._last_batch = (None, None)
 
     # --- metrics ---------------------------------------------------------------------------------
     def metrics(self, pool_emb: torch.Tensor) -> dict[str, float]:
@@ -157,11 +159,11 @@ class RobustEvaluator:
         results: dict[str, dict[str, dict]] = {name: {} for name in attacks}
         for eps in eps_values:
             for name in attacks:
-                metrics, _ = self.attack(self.settings.build(name, eps), desc=f"{name} eps={eps_key(eps)}")
+                metrics, adv_emb = self.attack(self.settings.build(name, eps), desc=f"{name} eps={eps_key(eps)}")
                 results[name][eps_key(eps)] = metrics
                 log.info("%-12s eps=%-9s %s", name, eps_key(eps), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 if eps == main_eps and (not self.sample.attack or metrics["nmi"] < results[self.sample.attack][eps_key(eps)]["nmi"]):
-                    self.sample = Sample(*self._last_batch, attack=name, eps=eps)
+                    self.sample = Sample(*self._last_batch, attack=name, eps=eps, embeddings=adv_emb)
         worst, worst_attack = worst_case(results, [eps_key(e) for e in eps_values])
         out = {"clean": self.clean, "attacks": results, "worst": worst, "worst_attack": worst_attack,
                "settings": {**asdict(self.settings), "eps": eps_values, "main_eps": main_eps, "attacks": attacks}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,17 @@ class TrainingMethod(ABC):
     """
 
     name: ClassVar[str]
+
+    def build_model(self, make_model: Callable[[], nn.Module]) -> nn.Module:
+        """The model this method trains, from a factory of single embedding networks."""
+        return make_model()
+
+    def build_criterion(self, make_criterion: Callable[[], nn.Module]) -> nn.Module:
+        """The loss module(s) this method trains with."""
+        return make_criterion()
+
+    def setup(self, num_samples: int, seed: int) -> None:
+        """Called once with the training-set size, before the first batch."""
 
     @abstractmethod
     def loss(self, model: nn.Module, criterion: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -109,6 +109,9 @@ class EnsembleNet(nn.Module):
         self.members = nn.ModuleList(members)
         self.combine = combine
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.members for p in m.head_parameters()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [m(x) for m in self.members]
         joined = torch.stack(outs).mean(0) if self.combine == "mean" else torch.cat(outs, 1)

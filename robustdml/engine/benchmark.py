@@ -1,0 +1,216 @@
+"""The benchmark grid: cells of (dataset, backbone, method, seed), each trained and then evaluated
+with the full attack suite. Every finished cell's results are written at once; a rerun skips them,
+resumes a cell whose training was interrupted, and a failing cell is recorded while the grid goes on.
+
+Layout::
+
+    OUT/benchmark.yaml                  the resolved benchmark config
+    OUT/surrogates/DATASET-BACKBONE/    standard models (seed 100) used by the transfer attack
+    OUT/cells/DATASET-BACKBONE-METHOD-sSEED/run/          the training run
+    OUT/cells/DATASET-BACKBONE-METHOD-sSEED/result.json   status, config, clean/attack/worst/checks
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..data import dataset_spec, evaluation_sets
+from ..errors import ConfigError, RobustDMLError
+from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+from ..files import write_json, write_text
+from ..models import load_model
+from .config import TrainConfig, config_from_dict
+from .trainer import Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+
+SURROGATE_SEED = 100
+TSNE_METHODS = ("standard", "eat")
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "benchmark"
+    out: str | None = None
+    grid: dict = field(default_factory=lambda: {"method": ["standard"], "dataset": ["digits"],
+                                                "backbone": ["small-cnn"], "seed": [0]})
+    train: dict = field(default_factory=dict)          # TrainConfig keys shared by every cell
+    per_dataset: dict = field(default_factory=dict)    # dataset -> TrainConfig keys (root, image_size, ...)
+    per_backbone: dict = field(default_factory=dict)   # backbone -> TrainConfig keys (pretrained, ...)
+    method_kwargs: dict = field(default_factory=dict)  # method -> its options
+    attack: dict = field(default_factory=dict)         # eps (list; default the dataset's), steps, restarts, norm, attacks
+    surrogate: bool = True
+    base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
+
+    def validate(self) -> "BenchmarkConfig":
+        for key, values in self.grid.items():
+            if key not in ("dataset", "backbone", "method", "seed"):
+                raise ConfigError(f"unknown grid key '{key}'; the grid has dataset, backbone, method, seed")
+            if not isinstance(values, list):
+                raise ConfigError(f"grid key '{key}' must be a list")
+        return self
+
+    def cells(self) -> list[dict]:
+        keys = ("dataset", "backbone", "method", "seed")
+        missing = [k for k in keys if not self.grid.get(k)]
+        if missing:
+            raise ConfigError(f"benchmark grid needs a non-empty list for {', '.join(missing)}")
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+    def train_config(self, cell: dict) -> TrainConfig:
+        data = {**self.train, **self.per_dataset.get(cell["dataset"], {}), **self.per_backbone.get(cell["backbone"], {}),
+                "dataset": cell["dataset"], "backbone": cell["backbone"], "method": cell["method"],
+                "seed": cell["seed"], "method_kwargs": dict(self.method_kwargs.get(cell["method"], {}))}
+        return config_from_dict(data)
+
+
+def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
+    from .config import config_from_dict as _build
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"benchmark config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = _build(data, BenchmarkConfig)
+    if cfg.base_config:
+        base = (path.parent / cfg.base_config).resolve()
+        if not base.is_file():
+            raise ConfigError(f"{path}: base_config {cfg.base_config} not found at {base}")
+        cfg.train = {**(yaml.safe_load(base.read_text(encoding="utf-8")) or {}), **cfg.train}
+    unknown = set(cfg.attack) - {"eps", "steps", "restarts", "norm", "attacks", "batch_size"}
+    if unknown:
+        raise ConfigError(f"benchmark attack section: unknown key(s) {', '.join(sorted(unknown))}")
+    for cell in cfg.cells():  # validate every cell's training config before any work starts
+        cfg.train_config(cell)
+    return cfg
+
+
+def cell_name(cell: dict) -> str:
+    return f"{cell['dataset']}-{cell['backbone']}-{cell['method']}-s{cell['seed']}"
+
+
+def software_versions() -> dict:
+    import faiss
+    import pytorch_metric_learning
+    import sklearn
+    import torchvision
+
+    from .. import __version__
+    return {"robustdml": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pytorch-metric-learning": pytorch_metric_learning.__version__,
+            "faiss": faiss.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine() + " CPU"}
+
+
+class Benchmark:
+    def __init__(self, cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
+
+    def run(self) -> dict[str, str]:
+        """Run every unfinished cell; returns cell name -> status ("ok", "skipped", "failed")."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text(self.out / "benchmark.yaml", yaml.safe_dump(_plain(self.cfg.__dict__), sort_keys=False))
+        statuses = {}
+        cells = self.cfg.cells()
+        for i, cell in enumerate(cells, 1):
+            name = cell_name(cell)
+            result_path = self.out / "cells" / name / "result.json"
+            if _finished(result_path):
+                statuses[name] = "skipped"
+                log.info("[%d/%d] %s: finished earlier, skipped", i, len(cells), name)
+                continue
+            log.info("[%d/%d] %s", i, len(cells), name)
+            start = time.time()
+            try:
+                result = self.run_cell(cell)
+                result.update(status="ok", seconds=round(time.time() - start, 1))
+                statuses[name] = "ok"
+            except (RobustDMLError, RuntimeError, ValueError, OSError) as e:
+                log.error("%s failed: %s", name, e)
+                result = {"cell": cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc(limit=5), "seconds": round(time.time() - start, 1)}
+                statuses[name] = "failed"
+            write_json(result_path, result)
+        return statuses
+
+    def surrogate(self, cell: dict) -> Path | None:
+        if not self.cfg.surrogate:
+            return None
+        run = self.out / "surrogates" / f"{cell['dataset']}-{cell['backbone']}"
+        if not (run / "metrics.json").is_file():
+            cfg = self.cfg.train_config({**cell, "method": "standard", "seed": SURROGATE_SEED})
+            cfg.robust_eval = False
+            Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
+        return run
+
+    def run_cell(self, cell: dict) -> dict:
+        cfg = self.cfg.train_config(cell)
+        cell_dir = self.out / "cells" / cell_name(cell)
+        run = cell_dir / "run"
+        Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
+
+        device = resolve_device(cfg.device)
+        spec = dataset_spec(cfg.dataset)
+        attack = self.cfg.attack
+        eps_values = [float(e) for e in attack.get("eps", [spec.eps])]
+        settings = AttackSettings(steps=attack.get("steps", 10), restarts=attack.get("restarts", 1),
+                                  norm=attack.get("norm", "linf"), seed=cfg.seed,
+                                  batch_size=attack.get("batch_size", cfg.eval_batch_size))
+        surrogate_run = self.surrogate(cell)
+        query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        evaluator = RobustEvaluator(load_model(run, device=device), query, gallery, ks=spec.recall_ks, device=device,
+                                    settings=settings, surrogate=load_model(surrogate_run, device) if surrogate_run else None,
+                                    kmeans_seed=cfg.seed, progress=self.progress)
+        names = attack.get("attacks", "all")
+        from ..attacks import ATTACKS
+        names = list(ATTACKS) if names == "all" else list(names)
+        main_eps = spec.eps if spec.eps in eps_values else None
+        result = evaluator.run(eps_values, names, main_eps=main_eps)
+        result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(),
+                      main_eps_key=eps_key(result["settings"]["main_eps"]))
+        if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
+            result["tsne"] = tsne_points(evaluator, seed=cfg.seed)
+        return result
+
+
+def tsne_points(evaluator: RobustEvaluator, n: int = 400, seed: int = 0) -> dict:
+    """2-D t-SNE of the same test images, clean and under the attack with the worst NMI at the main eps."""
+    from sklearn.manifold import TSNE
+
+    adv = evaluator.sample.embeddings
+    if adv is None:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(adv), min(n, len(adv)), replace=False))
+    both = np.concatenate([evaluator.clean_emb.numpy()[idx], adv.numpy()[idx]])
+    xy = TSNE(2, init="pca", perplexity=30, random_state=seed).fit_transform(both)
+    return {"attack": evaluator.sample.attack, "eps": evaluator.sample.eps, "labels": evaluator.labels[idx].tolist(),
+            "clean": xy[: len(idx)].round(3).tolist(), "adversarial": xy[len(idx):].round(3).tolist()}
+
+
+def _finished(path: Path) -> bool:
+    import json
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

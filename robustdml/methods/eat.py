@@ -1,0 +1,148 @@
+"""Ensemble Adversarial Training (EAT): X. Ke, "Towards Adversarially Robust Deep Metric Learning",
+arXiv 2501.01025.
+
+What the paper states: the training set is randomly split into N parts and each member trains on a
+combination of them (diversity, so one adversarial example is unlikely to fool every member); a
+self-transferring mechanism brings the robustness of the whole ensemble into every member's update.
+
+Our choices where the text is silent (docs/eat.md): N members of one architecture with independent
+initialisation and their own Proxy Anchor proxies; a seeded random partition of the training
+samples, member i training on ``parts_per_member`` parts starting after part i (default N - 1:
+every part except part i); self-transfer as adversarial examples crafted against the *whole
+ensemble* (the attack maximises the ensemble embedding's displacement or the ensemble's loss), each
+member updated on those that fall in its own parts. ``transfer="self"`` (each member crafts against
+itself) and ``split="none"`` are the ablations; both together are the plain-ensemble control.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models import EnsembleNet
+from .adversarial import OBJECTIVES, _TrainingAttack
+from .base import TrainingMethod, register_method
+
+SPLITS = ("random", "none")
+TRANSFERS = ("ensemble", "self")
+
+
+def partition(num_samples: int, parts: int, seed: int) -> np.ndarray:
+    """The part (0..parts-1) of every training sample: a seeded random split into near-equal parts."""
+    order = np.random.default_rng([seed, 2501]).permutation(num_samples)
+    part_of = np.empty(num_samples, dtype=np.int64)
+    for p, chunk in enumerate(np.array_split(order, parts)):
+        part_of[chunk] = p
+    return part_of
+
+
+def member_parts(members: int, parts_per_member: int) -> list[list[int]]:
+    """Member i trains on parts i+1, ..., i+parts_per_member (mod N): all but part i by default."""
+    return [sorted((i + 1 + j) % members for j in range(parts_per_member)) for i in range(members)]
+
+
+class _EnsembleLoss(nn.ModuleList):
+    """One loss per member (each with its own proxies); ``self[i]`` is member i's."""
+
+
+@register_method
+class EAT(TrainingMethod):
+    """Ensemble Adversarial Training.
+
+    Args:
+        members: N (default 3).
+        parts_per_member: parts each member trains on (default N - 1).
+        split: ``"random"`` (default) or ``"none"`` (every member sees every sample).
+        transfer: ``"ensemble"`` (default: examples crafted against the whole ensemble) or ``"self"``.
+        combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
+        eps, steps, step_size, objective, norm: the training attack, as for ``pgd-at``.
+
+    Example:
+        robustdml train --config configs/digits.yaml --out runs/eat method=eat method_kwargs.members=3
+    """
+
+    name = "eat"
+
+    def __init__(self, members: int = 3, parts_per_member: int | None = None, split: str = "random",
+                 transfer: str = "ensemble", combine: str = "mean", eps: float = 8 / 255, steps: int = 10,
+                 step_size: float | None = None, objective: str = "displacement", norm: str = "linf"):
+        if int(members) != members or members < 1:
+            raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
+        ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
+        if int(ppm) != ppm or not 1 <= ppm <= members:
+            raise ConfigError(f"parts_per_member must be between 1 and members ({members}), got {ppm}")
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not '{split}'")
+        if transfer not in TRANSFERS:
+            raise ConfigError(f"transfer must be one of {', '.join(TRANSFERS)}, not '{transfer}'")
+        if combine not in EnsembleNet.COMBINES:
+            raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
+        self.members, self.parts_per_member = int(members), int(ppm)
+        self.split, self.transfer, self.combine = split, transfer, combine
+        self.adversary = _TrainingAttack(eps, steps, step_size, objective, norm)
+        self.part_of: torch.Tensor | None = None
+        self.parts = member_parts(self.members, self.parts_per_member)
+
+    def build_model(self, make_model):
+        return EnsembleNet([make_model() for _ in range(self.members)], combine=self.combine)
+
+    def build_criterion(self, make_criterion):
+        return _EnsembleLoss([make_criterion() for _ in range(self.members)])
+
+    def setup(self, num_samples: int, seed: int) -> None:
+        self.part_of = torch.from_numpy(partition(num_samples, self.members, seed))
+
+    def masks(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """Which samples of the batch each member trains on."""
+        if self.split == "none":
+            return [torch.ones(len(index), dtype=torch.bool) for _ in range(self.members)]
+        if self.part_of is None:
+            raise RuntimeError("EAT.setup() was not called with the training-set size")
+        parts = self.part_of[index.cpu()]
+        return [torch.isin(parts, torch.tensor(p)) for p in self.parts]
+
+    def loss(self, model, criterion, images, labels, index):
+        if not isinstance(model, EnsembleNet) or len(model.members) != self.members:
+            raise ConfigError("the eat method trains the ensemble it builds; got another model")
+        masks = [m.to(images.device) for m in self.masks(index)]
+        if self.transfer == "ensemble":
+            # self-transfer: what fools the whole ensemble teaches every member
+            if self.adversary.objective == "loss":
+                adversarial = self.adversary(_MemberStack(model), _SummedLoss(criterion), images, labels)
+            else:
+                adversarial = self.adversary(model, None, images, labels)
+        total = images.new_zeros(())
+        for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
+            if not mask.any():
+                continue
+            x, y = images[mask], labels[mask]
+            x_adv = adversarial[mask] if self.transfer == "ensemble" else self.adversary(member, member_loss, x, y)
+            total = total + member_loss(member(x_adv), y)
+        return total
+
+
+class _MemberStack(nn.Module):
+    """The members' embeddings side by side (B, N·D), so an attack can maximise the ensemble's loss."""
+
+    def __init__(self, model: EnsembleNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.model.members], 1)
+
+
+class _SummedLoss(nn.Module):
+    """The ensemble's loss for the ``loss`` objective: the sum of the members' losses."""
+
+    def __init__(self, criterion: nn.ModuleList):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, stacked, labels):
+        chunks = stacked.chunk(len(self.criterion), dim=1)
+        return sum(loss(e, labels) for loss, e in zip(self.criterion, chunks))

@@ -1,0 +1,202 @@
+"""The benchmark report: Markdown and a self-contained HTML file (PNGs embedded), rebuilt from the
+cells' JSON files alone. Per dataset and backbone: a table like the paper's (rows: methods; clean
+and adversarial NMI, F1, R@1 as mean ± std over seeds), robustness curves against eps, a t-SNE of
+clean vs. adversarial test embeddings for standard vs. EAT, the honest-evaluation checks, and the
+configs and software versions used."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..files import write_text  # noqa: E402
+from .plots import _save  # noqa: E402
+from .summary import SUMMARY_METRICS, mean_std  # noqa: E402
+
+METHOD_ORDER = ("standard", "pgd-at", "trades", "mixup", "eat")
+
+
+def load_cells(out_dir: str | Path) -> list[dict]:
+    cells = []
+    for path in sorted(Path(out_dir).glob("cells/*/result.json")):
+        try:
+            cells.append(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError:
+            cells.append({"status": "failed", "error": f"unreadable {path}", "cell": {"name": path.parent.name}})
+    return cells
+
+
+def _ordered(methods):
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+
+def group_tables(cells: list[dict]) -> dict[tuple[str, str], dict]:
+    """(dataset, backbone) -> {"eps": main eps key, "rows": method -> column -> (mean, std, n), "runs": ...}."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        if c.get("status") == "ok":
+            groups[(c["cell"]["dataset"], c["cell"]["backbone"])][c["cell"]["method"]].append(c)
+    tables = {}
+    for key, by_method in groups.items():
+        eps = next(iter(by_method.values()))[0]["main_eps_key"]
+        rows = {}
+        for method in _ordered(by_method):
+            runs = by_method[method]
+            row = {f"clean {m}": (*mean_std([r["clean"][m] for r in runs]), len(runs)) for m in SUMMARY_METRICS}
+            row.update({f"adv {m}": (*mean_std([r["worst"][eps][m] for r in runs]), len(runs)) for m in SUMMARY_METRICS})
+            rows[method] = row
+        tables[key] = {"eps": eps, "rows": rows, "runs": {m: by_method[m] for m in _ordered(by_method)}}
+    return tables
+
+
+def _table_md(rows: dict) -> str:
+    cols = list(next(iter(rows.values())))
+    lines = ["| method | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, row in rows.items():
+        n = next(iter(row.values()))[2]
+        lines.append(f"| {method} | {n} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s, _ in row.values()) + " |")
+    return "\n".join(lines)
+
+
+def _curves(group: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("nmi", "recall@1")):
+        for method, runs in group["runs"].items():
+            keys = list(runs[0]["worst"])
+            eps = [0.0] + [float(k) for k in keys]
+            values = [[r["clean"][metric]] + [r["worst"][k][metric] for k in keys] for r in runs]
+            mean = [sum(v[i] for v in values) / len(values) for i in range(len(eps))]
+            ax.plot(eps, mean, marker="o", ms=3, label=method)
+        ax.set_title(f"worst-case {metric} (mean over seeds)")
+        ax.set_xlabel("eps")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _tsne(group: dict, path: Path) -> Path | None:
+    panels = [(m, r["tsne"]) for m in ("standard", "eat") for r in group["runs"].get(m, []) if r.get("tsne")]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, 2 * len(panels), figsize=(4 * 2 * len(panels), 3.8), squeeze=False)
+    for j, (method, t) in enumerate(panels):
+        for k, part in enumerate(("clean", "adversarial")):
+            ax = axes[0][2 * j + k]
+            xy = list(zip(*t[part]))
+            ax.scatter(xy[0], xy[1], c=t["labels"], cmap="tab10", s=6)
+            ax.set_title(f"{method}: {part}" + (f" ({t['attack']}, eps={t['eps']:.3g})" if k else ""), fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _checks_md(group: dict) -> str:
+    lines = ["| method | seed | " + " | ".join(["beats_noise", "monotone_in_eps", "more_steps", "more_restarts",
+                                                 "transfer_not_stronger"]) + " |", "|---|---|" + "---|" * 5]
+    for method, runs in group["runs"].items():
+        for r in runs:
+            states = [{True: "passed", False: "**FAILED**", None: "skipped"}[r["checks"].get(c, {}).get("passed")]
+                      for c in ("beats_noise", "monotone_in_eps", "more_steps", "more_restarts", "transfer_not_stronger")]
+            lines.append(f"| {method} | {r['cell']['seed']} | " + " | ".join(states) + " |")
+    return "\n".join(lines)
+
+
+def build_report(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write OUT/report.md and OUT/report.html (PNGs under OUT/report/, embedded in the HTML)."""
+    out_dir = Path(out_dir)
+    cells = load_cells(out_dir)
+    tables = group_tables(cells)
+    fig_dir = out_dir / "report"
+    sections: list[tuple[str, str]] = []  # (kind, content): "md" text or "img" path
+    sections.append(("md", f"# robustdml benchmark report\n\n{sum(c.get('status') == 'ok' for c in cells)} cells "
+                           f"finished, {sum(c.get('status') == 'failed' for c in cells)} failed.\n"))
+    for (dataset, backbone), group in tables.items():
+        slug = f"{dataset}-{backbone}"
+        sections.append(("md", f"## {dataset}, {backbone}\n\nClean and adversarial (worst case over the attack "
+                               f"suite at eps = {group['eps']}) metrics, mean ± std over seeds:\n\n"
+                               + _table_md(group["rows"]) + "\n"))
+        sections.append(("img", str(_curves(group, fig_dir / f"{slug}-curves.png"))))
+        tsne = _tsne(group, fig_dir / f"{slug}-tsne.png")
+        if tsne:
+            sections.append(("md", "t-SNE of the same test images, clean and adversarial:\n"))
+            sections.append(("img", str(tsne)))
+        sections.append(("md", "Honest-evaluation checks (DESIGN §2):\n\n" + _checks_md(group) + "\n"))
+    failed = [c for c in cells if c.get("status") == "failed"]
+    if failed:
+        sections.append(("md", "## Failed cells\n\n" + "\n".join(
+            f"- `{c['cell'].get('name') or '-'.join(str(v) for v in c['cell'].values())}`: {c.get('error', '')}"
+            for c in failed) + "\n"))
+    ok = [c for c in cells if c.get("status") == "ok"]
+    if ok:
+        sections.append(("md", "## Configs and software\n\nSoftware: `" + json.dumps(ok[0]["versions"]) + "`\n\n"
+                         + "\n".join(f"- `{'-'.join(str(v) for v in c['cell'].values())}`: `{json.dumps(c['config'])}`"
+                                     for c in ok) + "\n"))
+
+    md, body = [], []
+    for kind, content in sections:
+        if kind == "md":
+            md.append(content)
+            body.append(_md_to_html(content))
+        else:
+            rel = Path(content).relative_to(out_dir)
+            md.append(f"![{rel.stem}]({rel.as_posix()})\n")
+            data = base64.b64encode(Path(content).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(rel.stem)}" src="data:image/png;base64,{data}">')
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    write_text(md_path, "\n".join(md))
+    write_text(html_path, "<!doctype html><html><head><meta charset='utf-8'><title>robustdml report</title><style>"
+               "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+               "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}</style></head><body>"
+               + "\n".join(body) + "</body></html>\n")
+    return md_path, html_path
+
+
+def _md_to_html(text: str) -> str:
+    """The small Markdown subset the report writes: headings, tables, bullets, paragraphs, code."""
+    out, rows = [], []
+
+    def inline(s):
+        s = html.escape(s)
+        parts = s.split("`")
+        s = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+        parts = s.split("**")
+        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+    def flush():
+        if rows:
+            cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows if not set(r) <= set("|-: ")]
+            out.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{inline(c)}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                for i, row in enumerate(cells)) + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def print_tables(out_dir: str | Path) -> str:
+    return "\n\n".join(f"{d}, {b} (adv = worst case at eps {g['eps']}):\n" + _table_md(g["rows"])
+                       for (d, b), g in group_tables(load_cells(out_dir)).items())

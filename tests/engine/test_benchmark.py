@@ -1,0 +1,102 @@
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustdml.engine import Trainer
+from robustdml.engine.benchmark import Benchmark, load_benchmark_config
+from robustdml.reporting.report import build_report, group_tables, load_cells
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(tmp_path, methods=("standard", "mixup"), seeds=(0,), extra_cells=None, surrogate=False):
+    cfg = {"name": "tiny", "base_config": str(REPO / "configs" / "digits.yaml"),
+           "grid": {"dataset": ["digits"], "backbone": ["small-cnn"], "method": list(methods), "seed": list(seeds)},
+           "train": {"epochs": 1, "embedding_dim": 16, "robust_eval": False},
+           "attack": {"eps": [0.1], "steps": 2, "attacks": ["displacement", "noise"]}, "surrogate": surrogate}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    cfg = load_benchmark_config(tiny_config(tmp_path))
+    cfg.grid["dataset"] = ["digits", "cub"]  # cub has no root: its cells fail
+    statuses = Benchmark(cfg, tmp_path / "out", progress=False).run()
+    assert statuses["digits-small-cnn-standard-s0"] == "ok" and statuses["digits-small-cnn-mixup-s0"] == "ok"
+    assert statuses["cub-small-cnn-standard-s0"] == "failed"
+    failed = json.loads((tmp_path / "out/cells/cub-small-cnn-standard-s0/result.json").read_text())
+    assert failed["status"] == "failed" and "--root" in failed["error"]
+    md, html = build_report(tmp_path / "out")
+    text = md.read_text()
+    assert "Failed cells" in text and "cub-small-cnn-standard-0" in text
+    assert "| standard |" in text and "| mixup |" in text
+    assert "data:image/png;base64," in html.read_text()
+
+
+def test_report_numbers_equal_the_cell_json(tmp_path):
+    cfg = load_benchmark_config(tiny_config(tmp_path, methods=("standard",), seeds=(0, 1)))
+    Benchmark(cfg, tmp_path / "out", progress=False).run()
+    md, _ = build_report(tmp_path / "out")
+    cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "out/cells").glob("*/result.json"))]
+    eps = cells[0]["main_eps_key"]
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| standard |"))
+    numbers = [tuple(map(float, pair)) for pair in re.findall(r"([\d.]+) ± ([\d.]+)", row)]
+    columns = [("clean", m) for m in ("nmi", "f1", "recall@1")] + [("adv", m) for m in ("nmi", "f1", "recall@1")]
+    assert len(numbers) == len(columns)
+    for (kind, metric), (mean, std) in zip(columns, numbers):
+        values = [c["clean"][metric] if kind == "clean" else c["worst"][eps][metric] for c in cells]
+        expected_mean = sum(values) / len(values)
+        expected_std = (sum((v - expected_mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        assert mean == pytest.approx(expected_mean, abs=5e-4)
+        assert std == pytest.approx(expected_std, abs=5e-4)
+    table = group_tables(load_cells(tmp_path / "out"))[("digits", "small-cnn")]["rows"]["standard"]
+    assert table["adv nmi"][0] == pytest.approx(sum(c["worst"][eps]["nmi"] for c in cells) / 2)
+
+
+def test_interrupted_benchmark_redoes_no_finished_cell(tmp_path):
+    config = tiny_config(tmp_path, methods=("standard", "mixup", "trades"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "robustdml", "-q", "benchmark", "--config", str(config), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "cells" / "digits-small-cnn-standard-s0" / "result.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    before = first.read_bytes()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "finished earlier" in done.stdout
+    assert first.read_bytes() == before  # the finished cell was not redone
+    report = (out / "report.md").read_text()
+    for method in ("standard", "mixup", "trades"):
+        assert f"| {method} | 1 |" in report
+
+
+@pytest.mark.parametrize("dataset", ["cub", "cars", "inshop"])
+def test_paper_config_trains_one_step_on_fixtures(dataset, tmp_path):
+    from fixtures import MAKERS
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark-paper.yaml")
+    assert dataset in cfg.grid["dataset"]
+    root = MAKERS[dataset](tmp_path / "data")
+    for backbone in cfg.grid["backbone"]:
+        cell = {"dataset": dataset, "backbone": backbone, "method": "eat", "seed": 0}
+        train_cfg = cfg.train_config(cell)
+        assert train_cfg.embedding_dim == 512 and train_cfg.loss == "proxy_anchor"
+        for key, value in {"root": str(root), "pretrained": False, "image_size": 32, "batch_size": 4, "workers": 0,
+                           "embedding_dim": 8, "warmup_epochs": 0, "epochs": 1}.items():
+            setattr(train_cfg, key, value)
+        train_cfg.method_kwargs = {**train_cfg.method_kwargs, "steps": 1}
+        trainer = Trainer(train_cfg.validate(), tmp_path / f"run-{backbone}", progress=False)
+        loss = trainer.train_epoch(0)
+        assert loss == loss and loss > 0  # a finite loss from one real step
