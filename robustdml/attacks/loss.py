@@ -4,7 +4,6 @@ training labels and the loss's proxies."""
 
 from __future__ import annotations
 
-import torch
 
 from .base import Attack
 

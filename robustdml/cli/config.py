@@ -6,21 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from ..engine.config import TrainConfig, config_from_dict
+from ..engine.config import TrainConfig, config_from_dict, load_yaml, read_yaml
 from ..errors import ConfigError
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -32,7 +19,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw else None
+            value = load_yaml(raw) if raw else None
         except yaml.YAMLError:
             value = raw
         if "." in key:

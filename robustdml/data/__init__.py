@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from . import cars, cub, digits, inshop, sop  # noqa: F401  (register the readers)
-from .base import DATASETS, DatasetSpec, ImageListDataset, MetricDataset, TensorDataset
+from .base import DATASETS, DatasetSpec, ImageListDataset, IndexedDataset, MetricDataset, TensorDataset
 from .sampler import ClassBalancedBatchSampler, RandomBatchSampler
 
 
@@ -51,5 +51,5 @@ def dataset_info(name: str, root=None) -> dict:
     return info
 
 
-__all__ = ["DATASETS", "DatasetSpec", "MetricDataset", "ImageListDataset", "TensorDataset",
+__all__ = ["DATASETS", "DatasetSpec", "MetricDataset", "ImageListDataset", "TensorDataset", "IndexedDataset",
            "ClassBalancedBatchSampler", "RandomBatchSampler", "dataset_spec", "get_dataset", "evaluation_sets", "dataset_info"]

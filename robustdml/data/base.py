@@ -79,6 +79,21 @@ class TensorDataset(MetricDataset):
         return image, int(self.labels[index])
 
 
+class IndexedDataset(Dataset):
+    """Adds each sample's position to its item: ``(image, label, index)``, for methods that route
+    samples to ensemble members and evaluators that look up per-sample context."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[i]
+        return image, label, i
+
+
 def contiguous_labels(class_ids: np.ndarray, label_space: Sequence[int] | None = None) -> np.ndarray:
     """Map class ids to 0..C-1 in sorted order of ``label_space`` (default: the ids present)."""
     space = np.unique(np.asarray(label_space if label_space is not None else class_ids))

@@ -29,7 +29,7 @@ from ..errors import ConfigError, RobustDMLError
 from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
 from ..files import write_json, write_text
 from ..models import load_model
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_dict, read_yaml
 from .trainer import Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -77,18 +77,9 @@ class BenchmarkConfig:
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     from .config import config_from_dict as _build
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"benchmark config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    cfg = _build(data, BenchmarkConfig)
+    cfg = _build(read_yaml(path, "benchmark config"), BenchmarkConfig)
     if cfg.base_config:
-        base = (path.parent / cfg.base_config).resolve()
-        if not base.is_file():
-            raise ConfigError(f"{path}: base_config {cfg.base_config} not found at {base}")
-        cfg.train = {**(yaml.safe_load(base.read_text(encoding="utf-8")) or {}), **cfg.train}
+        cfg.train = {**read_yaml(path.parent / cfg.base_config, f"{path}: base_config"), **cfg.train}
     unknown = set(cfg.attack) - {"eps", "steps", "restarts", "norm", "attacks", "batch_size"}
     if unknown:
         raise ConfigError(f"benchmark attack section: unknown key(s) {', '.join(sorted(unknown))}")

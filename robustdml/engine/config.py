@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+import yaml
+
 from ..errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "none")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """Safe YAML that also reads ``1e-4`` as a float (plain YAML 1.1 wants ``1.0e-4``)."""
+
+
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path, what: str = "config file") -> dict:
+    """A YAML mapping from a file, with one-line errors for a missing file, bad YAML or a non-mapping."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys to values")
+    return data
 
 
 @dataclass

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import ClassBalancedBatchSampler, RandomBatchSampler, dataset_spec, evaluation_sets, get_dataset
+from ..data import (ClassBalancedBatchSampler, IndexedDataset, RandomBatchSampler, dataset_spec, evaluation_sets,
+                    get_dataset)
 from ..errors import ConfigError, RobustDMLError
 from ..evaluation import embed, evaluate_embeddings
 from ..files import write_json, write_text
@@ -41,20 +42,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RobustDMLError):
     """The loss became NaN or infinite."""
-
-
-class Indexed(Dataset):
-    """Adds each sample's index to the item, for methods that route samples to ensemble members."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        image, label = self.dataset[i]
-        return image, label, i
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +86,7 @@ class Trainer:
             self.sampler = ClassBalancedBatchSampler(self.train_set.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
         else:
             self.sampler = RandomBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
-        self.loader = DataLoader(Indexed(self.train_set), batch_sampler=self.sampler, num_workers=cfg.workers,
+        self.loader = DataLoader(IndexedDataset(self.train_set), batch_sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
 
         in_channels = int(self.train_set[0][0].shape[0])

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..attacks import ATTACKS, Attack, Norm, create_attack
+from ..attacks import ATTACKS, Attack, create_attack
+from ..data import IndexedDataset
 from ..errors import ConfigError
 from .embed import embed
 from .metrics import clustering_metrics, kmeans, retrieval_metrics
@@ -60,18 +61,6 @@ class Sample:
     attack: str = ""
     eps: float = 0.0
     embeddings: torch.Tensor | None = None  # that attack's adversarial embeddings of the whole test pool
-
-
-class _Indexed(Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        image, label = self.dataset[i]
-        return image, label, i
 
 
 @dataclass
@@ -125,7 +114,7 @@ class RobustEvaluator:
         """Perturb the whole test pool; returns (metrics, adversarial embeddings)."""
         if "surrogate" in attack.needs and self.surrogate is None:
             raise ConfigError("the transfer attack needs a surrogate model (--surrogate PATH)")
-        loader = DataLoader(_Indexed(self.pool), batch_size=self.settings.batch_size, shuffle=False)
+        loader = DataLoader(IndexedDataset(self.pool), batch_size=self.settings.batch_size, shuffle=False)
         adv_emb = []
         for images, labels, index in tqdm(loader, desc=desc, leave=False, disable=None if self.progress else True):
             images = images.to(self.device)

@@ -26,6 +26,10 @@ class _TrainingAttack:
                  norm: str = "linf", seed: int = 0):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
+        if not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
         cls = EmbeddingDisplacement if objective == "displacement" else LossAttack
         self.objective = objective
         self.eps = eps
