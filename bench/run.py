@@ -16,9 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import attack_speed  # noqa: E402
 import eat_speed  # noqa: E402
+import eval_speed  # noqa: E402
 import training_speed  # noqa: E402
 
-BENCHMARKS = [attack_speed, training_speed, eat_speed]
+BENCHMARKS = [attack_speed, training_speed, eat_speed, eval_speed]
 
 
 def main() -> int:
@@ -26,9 +27,10 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     lines, details = [], {}
     for bench in BENCHMARKS:
-        figure, info = bench.run(device)
-        lines.append(figure)
-        details[figure.split()[0]] = info
+        figures, info = bench.run(device)
+        figures = [figures] if isinstance(figures, str) else figures
+        lines.extend(figures)
+        details[figures[0].split()[0]] = info
     print("\n".join(lines))
     print()
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

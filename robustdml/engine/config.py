@@ -87,6 +87,10 @@ class TrainConfig:
     select_metric: str = "recall@1"  # the "best" model; "last" keeps the final epoch
     seed: int = 0
     device: str = "auto"
+    # speed (CUDA only): bf16 autocast and channels_last memory format
+    amp: bool = True
+    channels_last: bool = True
+    check_sync: bool = False  # multi-process: verify after every step that all ranks hold identical weights
 
     def validate(self) -> "TrainConfig":
         from ..attacks import ATTACKS

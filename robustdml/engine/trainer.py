@@ -34,6 +34,8 @@ from ..files import write_json, write_text
 from ..losses import create_loss
 from ..methods import create_method
 from ..models import create_model, save_model
+from .distributed import (ShardedBatchSampler, assert_in_sync, average_gradients, barrier, distributed_criterion,
+                          init_distributed)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
@@ -76,7 +78,11 @@ class Trainer:
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if resume and not self.checkpoint_path.exists():
             raise ConfigError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        self.rank, self.world, local_rank = init_distributed()
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+        self.cuda = self.device.type == "cuda"
         seed_everything(cfg.seed)
 
         self.spec = dataset_spec(cfg.dataset)
@@ -86,6 +92,8 @@ class Trainer:
             self.sampler = ClassBalancedBatchSampler(self.train_set.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
         else:
             self.sampler = RandomBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
+        if self.world > 1:
+            self.sampler = ShardedBatchSampler(self.sampler, self.rank, self.world)
         self.loader = DataLoader(IndexedDataset(self.train_set), batch_sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
 
@@ -97,6 +105,10 @@ class Trainer:
         self.criterion = self.method.build_criterion(lambda: create_loss(
             cfg.loss, self.train_set.num_classes, cfg.embedding_dim, **cfg.loss_kwargs)).to(self.device)
         self.method.setup(len(self.train_set), cfg.seed)
+        if self.cuda and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # the loss sees the global batch when several processes train together
+        self.loss_fn = distributed_criterion(self.criterion) if self.world > 1 else self.criterion
 
         head = {id(p) for p in self.model.head_parameters()}
         groups = [
@@ -180,19 +192,27 @@ class Trainer:
         self.model.train()
         self.sampler.set_epoch(epoch)
         total, steps = 0.0, 0
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if self.progress else True)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if self.progress and self.rank == 0 else True)
         for images, labels, index in bar:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            loss = self.method.loss(self.model, self.criterion, images, labels, index)
+            if self.cuda and cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
+                loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}; the last good checkpoint "
                     f"({self.checkpoint_path}) is untouched - lower lr or check the data")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.world > 1:
+                average_gradients(list(self.model.parameters()) + list(self.criterion.parameters()))
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if self.world > 1 and cfg.check_sync:
+                assert_in_sync([self.model, self.criterion])
             total, steps = total + loss.item(), steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         self.scheduler.step()
@@ -200,13 +220,18 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(self.out / "tb"))
+        main = self.rank == 0  # one process evaluates and writes; the others only train
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tb"))
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 loss = self.train_epoch(epoch)
+                if not main:
+                    barrier()  # wait for rank 0's checkpoint of this epoch
+                    continue
                 row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     metrics = self.evaluate()
@@ -225,10 +250,14 @@ class Trainer:
                 save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
                 save_checkpoint(self.checkpoint_path, self._state(epoch + 1))
                 self._write_log()
+                barrier()
                 log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
                          "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr")))
         finally:
-            writer.close()
+            if main:
+                writer.close()
+        if not main:
+            return {"best_epoch": -1, "select_metric": cfg.select_metric, "clean": {}}
         result = {"best_epoch": self.best["epoch"], "select_metric": cfg.select_metric,
                   "clean": self.best.get("metrics", {})}
         write_json(self.out / "metrics.json", result)

@@ -1,0 +1,81 @@
+"""P4: evaluating 60,000 x 512 embeddings of 100 classes (every metric) / a bare chunked matrix
+product with top-k + the same k-means, on the same data; robustdml vs. pytorch-metric-learning's
+AccuracyCalculator (R@1, MAP@R, NMI) on the same data; and the peak memory of our evaluation."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustdml.evaluation import evaluate_embeddings
+from robustdml.evaluation.metrics import CHUNK_BYTES, kmeans
+
+from common import line
+
+TARGET = 1.3
+MEMORY_TARGET_GB = 3.0
+
+
+def _data(n: int, dim: int, classes: int):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    centers = torch.randn(classes, dim, generator=g)
+    emb = F.normalize(centers[labels] + 2.0 * torch.randn(n, dim, generator=g), dim=1)
+    return emb, labels.numpy()
+
+
+def _bare(emb: torch.Tensor, classes: int, depth: int) -> None:
+    rows = max(1, CHUNK_BYTES // (4 * len(emb)))
+    for start in range(0, len(emb), rows):
+        (emb[start:start + rows] @ emb.T).topk(depth, dim=1)
+    kmeans(emb.numpy(), classes, seed=0)
+
+
+def run(device: torch.device) -> tuple[list[str], dict]:
+    """Measured in a fresh process, so the peak memory is this evaluation's own."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["lines"], result["details"]
+
+
+def measure(n: int = 60_000, dim: int = 512, classes: int = 100) -> tuple[list[str], dict]:
+    emb, labels = _data(n, dim, classes)
+    depth = n // classes  # MAP@R needs the first R = (n / classes) - 1 neighbours, plus self
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    ours = evaluate_embeddings(emb, labels, ks=(1, 10, 100, 1000))
+    t_ours = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    start = time.perf_counter()
+    _bare(emb, classes, max(depth, 1000))
+    t_bare = time.perf_counter() - start
+
+    details = {"n": n, "dim": dim, "classes": classes, "robustdml_s": round(t_ours, 2), "bare_s": round(t_bare, 2),
+               "peak_rss_gb": round(peak_gb, 2), "rss_before_gb": round(rss_before / 2**20, 2),
+               "recall@1": round(ours["recall@1"], 4), "map@r": round(ours["map@r"], 4)}
+    lines = [line("P4", t_ours / t_bare, TARGET), f"P4mem {peak_gb:.2f} {MEMORY_TARGET_GB:.2f}"]
+    try:
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+        calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "NMI"), k="max_bin_count")
+        start = time.perf_counter()
+        theirs = calc.get_accuracy(emb, labels)
+        t_pml = time.perf_counter() - start
+        details.update(pml_s=round(t_pml, 2), pml_recall_at_1=round(theirs["precision_at_1"], 4),
+                       pml_map_at_r=round(theirs["mean_average_precision_at_r"], 4))
+        lines.append(f"P4pml {t_ours / t_pml:.2f} 1.00")
+    except Exception as e:  # noqa: BLE001 - the comparison is optional; say why it is missing
+        details["pml_error"] = str(e)[:200]
+    return lines, details
+
+
+if __name__ == "__main__":
+    import json
+    lines, details = measure()
+    print(json.dumps({"lines": lines, "details": details}))
