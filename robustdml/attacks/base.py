@@ -69,6 +69,8 @@ class Attack(ABC):
 
     name: ClassVar[str]
     white_box: ClassVar[bool] = True
+    #: the metrics the attack is built to lower (the "beats noise" check compares these).
+    targets: ClassVar[tuple[str, ...]] = ("nmi",)
     #: context keys the attack needs per batch (see :mod:`robustdml.evaluation.robust`).
     needs: ClassVar[tuple[str, ...]] = ()
 

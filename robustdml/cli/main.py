@@ -18,19 +18,16 @@ log = logging.getLogger("robustdml")
 
 def _cmd_train(args) -> int:
     from ..engine import train
-    from .config import load_train_config, read_yaml
-    from ..engine.config import config_from_dict
-    from .config import apply_overrides
-
-    if args.resume and args.config is None:
-        saved = Path(args.out) / "config.yaml"
-        cfg = config_from_dict(apply_overrides(read_yaml(saved), args.overrides))
-    else:
-        if args.config is None:
-            raise RobustDMLError("train needs --config FILE (e.g. configs/digits.yaml)")
-        cfg = load_train_config(args.config, args.overrides)
-    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     from ..reporting import metrics_table
+    from .config import load_train_config
+
+    if args.config is None and not args.resume:
+        raise RobustDMLError("train needs --config FILE (e.g. configs/digits.yaml)")
+    # a resumed run continues with the configuration it saved, unless another is given
+    cfg = load_train_config(args.config or Path(args.out) / "config.yaml", args.overrides)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if not result["clean"]:
+        return 0  # a non-zero rank of a multi-process run: rank 0 reports
     print(f"best epoch {result['best_epoch']} by {result['select_metric']}; model in {Path(args.out) / 'best'}")
     print(metrics_table({"clean": result["clean"]}))
     return 0

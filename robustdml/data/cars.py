@@ -22,7 +22,7 @@ def read_cars(root, split: str = "train", train: bool = False, image_size: int =
         annotations = np.atleast_1d(loadmat(root / "cars_annos.mat", squeeze_me=True)["annotations"])
         rel_paths = [str(a) for a in annotations["relative_im_path"]]
         class_ids = np.array([int(c) for c in annotations["class"]], dtype=np.int64)
-    except (KeyError, ValueError, TypeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - scipy raises many kinds on a malformed file; all are the file's fault
         raise DatasetError(f"cannot read {root / 'cars_annos.mat'}: expected an 'annotations' struct with "
                            f"'relative_im_path' and 'class' fields ({e})") from None
     keep = split_classes(class_ids, split)

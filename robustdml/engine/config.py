@@ -110,6 +110,7 @@ class TrainConfig:
             (self.samples_per_class >= 0, f"samples_per_class must be 0 (random batches) or more, got {self.samples_per_class}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.proxy_lr_mult > 0, f"proxy_lr_mult must be positive, got {self.proxy_lr_mult}"),
+            (self.lr * self.proxy_lr_mult < 1e30, "lr x proxy_lr_mult must be below 1e30 (float32 optimiser state)"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
              f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),

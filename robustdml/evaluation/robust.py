@@ -163,7 +163,8 @@ class RobustEvaluator:
     def checks(self, results, worst, eps_values, main_eps, attacks) -> dict:
         white = [a for a in attacks if ATTACKS[a].white_box]
         checks = {}
-        # 1. Every white-box attack does more damage than uniform noise of the same eps.
+        # 1. Every white-box attack does more damage than uniform noise of the same eps, on the
+        #    metric it is built to lower (clustering attacks: NMI; the retrieval attack: R@1).
         if "noise" in attacks and white:
             failures, details = [], {}
             for eps in eps_values:
@@ -171,13 +172,13 @@ class RobustEvaluator:
                 noise = results["noise"][k]
                 for a in white:
                     m = results[a][k]
-                    ok = all(m[c] <= noise[c] for c in CHECK_METRICS) and any(m[c] < noise[c] for c in CHECK_METRICS)
                     details.setdefault(k, {})[a] = {c: m[c] for c in CHECK_METRICS}
-                    if not ok and eps > 0:
+                    if eps > 0 and not all(m[c] < noise[c] for c in ATTACKS[a].targets):
                         failures.append(f"{a}@{k}")
                 details[k]["noise"] = {c: noise[c] for c in CHECK_METRICS}
             checks["beats_noise"] = {"passed": not failures, "failures": failures, "figures": details,
-                                     "rule": "each white-box attack lowers NMI and R@1 at least as much as noise, one strictly"}
+                                     "rule": "each white-box attack lowers its target metric (NMI for clustering "
+                                             "attacks, R@1 for the retrieval attack) below uniform noise's"}
         # 2. The worst case does not rise with eps.
         if len(eps_values) > 1:
             rises = {}
