@@ -175,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="clean clustering and retrieval metrics of a model",
                        description="k-means NMI, pairwise F1, ARI, Recall@K and MAP@R on the test classes.")
-    p.add_argument("model", help="run directory (its best model) or saved model directory")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--root", help="dataset folder (not needed for digits)")
+    _add_model_and_data(p)
     p.add_argument("--json", help="write the results here (default: MODEL/eval.json for a directory)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -186,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Perturb every test image with each attack at each eps, cluster again and "
                                    "compute every metric; report the worst case per metric and the "
                                    "honest-evaluation checks. Writes JSON and PNG plots.")
-    p.add_argument("model", help="run directory (its best model) or saved model directory")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--root", help="dataset folder (not needed for digits)")
+    _add_model_and_data(p)
     p.add_argument("--eps", type=float, nargs="+", help="budgets in [0,1] pixel units (default: the dataset's)")
     p.add_argument("--attack", nargs="+", default=["all"], help="attacks to run: all (default) or names")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
@@ -220,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--root", help="dataset folder (not needed for digits)")
     q.set_defaults(func=_cmd_data_info)
     return parser
+
+
+def _add_model_and_data(p: argparse.ArgumentParser) -> None:
+    from ..data import DATASETS
+    p.add_argument("model", help="run directory (its best model) or saved model directory")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--root", help="dataset folder (not needed for digits)")
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

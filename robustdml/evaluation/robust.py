@@ -143,6 +143,8 @@ class RobustEvaluator:
         if "transfer" in attacks and self.surrogate is None:
             log.warning("no surrogate model given: the transfer attack and its check are skipped")
             attacks = [a for a in attacks if a != "transfer"]
+        if not attacks:
+            raise ConfigError("no attack left to run: the transfer attack needs a surrogate model (--surrogate PATH)")
         eps_values = sorted(set(eps_values))
         main_eps = main_eps if main_eps in eps_values else eps_values[-1]
         results: dict[str, dict[str, dict]] = {name: {} for name in attacks}
