@@ -9,8 +9,6 @@ computed with faiss exact search in chunks of queries, so no N x N similarity ma
 
 from __future__ import annotations
 
-import math
-
 import faiss
 import numpy as np
 import torch
