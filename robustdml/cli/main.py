@@ -37,6 +37,7 @@ def _cmd_evaluate(args) -> int:
     import torch
 
     from ..data import dataset_spec
+    from ..engine.trainer import default_workers
     from ..evaluation import evaluate_model
     from ..files import write_json
     from ..models import load_model
@@ -45,8 +46,9 @@ def _cmd_evaluate(args) -> int:
     dataset_spec(args.dataset)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device=device)
+    workers = args.workers if args.workers is not None else default_workers(torch.device(device), 1)
     metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
-                             image_size=args.image_size, seed=args.seed, workers=args.workers, progress=not args.quiet)
+                             image_size=args.image_size, seed=args.seed, workers=workers, progress=not args.quiet)
     result = {"clean": metrics}
     print(metrics_table(result))
     out = Path(args.json) if args.json else (Path(args.model) / "eval.json" if Path(args.model).is_dir() else None)
@@ -61,6 +63,7 @@ def _cmd_attack(args) -> int:
 
     from ..attacks import ATTACKS
     from ..data import dataset_spec, evaluation_sets
+    from ..engine.trainer import default_workers
     from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
     from ..files import write_json
     from ..models import load_model
@@ -82,8 +85,9 @@ def _cmd_attack(args) -> int:
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
     settings = AttackSettings(steps=args.steps, restarts=args.restarts, norm=args.norm, seed=args.seed,
                               batch_size=args.batch_size)
+    workers = args.workers if args.workers is not None else default_workers(torch.device(device), 1)
     evaluator = RobustEvaluator(model, query, gallery, ks=spec.recall_ks, device=device, settings=settings,
-                                surrogate=surrogate, kmeans_seed=args.seed, progress=not args.quiet)
+                                surrogate=surrogate, kmeans_seed=args.seed, progress=not args.quiet, workers=workers)
     result = evaluator.run(eps_values, names, main_eps=spec.eps if spec.eps in eps_values else None)
     result["model"], result["dataset"] = str(args.model), args.dataset
 
@@ -228,7 +232,8 @@ def _add_model_and_data(p: argparse.ArgumentParser) -> None:
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: 0 on a CPU, up to 8 on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--device", default="auto")
 

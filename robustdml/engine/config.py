@@ -50,7 +50,7 @@ class TrainConfig:
     dataset: str = "digits"
     root: str | None = None
     image_size: int = 224
-    workers: int = 0
+    workers: int | None = None  # data-loading processes; default: 0 on a CPU, up to 8 per GPU
     # model
     backbone: str = "small-cnn"
     pretrained: bool | str = False
@@ -121,7 +121,7 @@ class TrainConfig:
             (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
             (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.select_metric.removeprefix("robust_") in ("nmi", "f1", "ari", "map@r") or self.select_metric == "last"
              or self.select_metric.removeprefix("robust_").startswith("recall@"),
              f"select_metric must be last, nmi, f1, ari, map@r or recall@K (robust_ prefix for the robust "

@@ -3,19 +3,27 @@ several CPU processes (gloo). The same code runs single-process when no launcher
 
 Each rank takes its slice of every global batch; the loss is computed on the *global* batch (the
 embeddings are gathered with gradient), so Proxy Anchor sees the same batch as in one process; the
-gradients are averaged across ranks after backward, so weights and proxies stay identical.
+gradients are averaged across ranks after backward, so weights and proxies stay identical. The
+floating-point buffers (BatchNorm running statistics) are averaged after every step too, so every
+rank's model in eval mode — the attack's and the evaluation's — is the same model. Evaluation embeds
+a slice of the test set on each rank and gathers the embeddings to rank 0, which computes the metrics.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, Subset
 
 from ..errors import ConfigError
+
+# Rank 0 alone computes the metrics (k-means, kNN) and the robust validation while the other ranks
+# wait in a collective; the default 10-minute timeout is too short for a large test set.
+TIMEOUT = timedelta(hours=2)
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -24,7 +32,7 @@ def init_distributed() -> tuple[int, int, int]:
     if world <= 1:
         return 0, 1, 0
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -61,17 +69,29 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield batch[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``x`` along dim 0 (sizes may differ), keeping the gradient path to
-    each rank's own part."""
-    from torch.distributed.nn.functional import all_gather
+class _AllGather(torch.autograd.Function):
+    """All ranks' ``x`` concatenated; backward sums the ranks' gradients of the whole and returns
+    this rank's slice (its samples' gradient through every rank's copy of the loss)."""
 
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
-    sizes = [int(s) for s in sizes]
-    padded = torch.cat([x, x.new_zeros((max(sizes) - len(x),) + x.shape[1:])]) if len(x) < max(sizes) else x
-    parts = all_gather(padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along dim 0, keeping the gradient path to each rank's own part.
+    Every rank's ``x`` has the same shape: :class:`ShardedBatchSampler` gives equal slices, so no
+    sizes are exchanged (which would cost a host synchronisation per step)."""
+    return _AllGather.apply(x.contiguous())
 
 
 class GatheredLoss(nn.Module):
@@ -113,13 +133,68 @@ def average_gradients(parameters) -> None:
         offset += n
 
 
+def average_buffers(modules) -> None:
+    """All-reduce the mean of every floating-point buffer (BatchNorm running mean and variance), in
+    one flat buffer; integer buffers (batch counters) are equal on every rank already."""
+    buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def embed_sharded(embed_fn, dataset, device: torch.device) -> tuple[torch.Tensor, "np.ndarray"] | None:
+    """Each rank embeds a contiguous slice of ``dataset`` with ``embed_fn(subset)`` -> (embeddings,
+    labels); rank 0 gets the whole set in order, the other ranks ``None``."""
+    import numpy as np
+
+    world, rank, n = dist.get_world_size(), dist.get_rank(), len(dataset)
+    per = -(-n // world)
+    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
+    if hi > lo:
+        emb, labels = embed_fn(Subset(dataset, range(lo, hi)))
+    else:
+        emb, labels = None, np.zeros(0, dtype=np.int64)
+    # the embedding width, from a rank that has samples (rank 0 always has when n >= 1)
+    dims = gather_objects(None if emb is None else emb.shape[1])
+    dim = next(d for d in dims if d is not None)
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(per, dim, device=comm)
+    padded_labels = torch.full((per,), -1, dtype=torch.int64, device=comm)
+    if emb is not None:
+        padded[:hi - lo] = emb.to(comm)
+        padded_labels[:hi - lo] = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(comm)
+    parts = [torch.zeros_like(padded) for _ in range(world)] if rank == 0 else None
+    label_parts = [torch.zeros_like(padded_labels) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, parts, dst=0)
+    dist.gather(padded_labels, label_parts, dst=0)
+    if rank != 0:
+        return None
+    return torch.cat(parts)[:n].float().cpu(), torch.cat(label_parts)[:n].cpu().numpy()
+
+
 def assert_in_sync(modules) -> None:
-    """Raise if any rank's parameters differ from rank 0's (checked after every step when
+    """Raise if any rank's parameters or buffers differ from rank 0's (checked after every step when
     ``check_sync`` is on)."""
-    flat = torch.cat([p.detach().reshape(-1).double() for m in modules for p in m.parameters()])
+    flat = torch.cat([t.detach().reshape(-1).double() for m in modules
+                      for t in (*m.parameters(), *m.buffers())])
     stats = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat), dtype=flat.dtype,
                                                                                 device=flat.device) % 7).sum()])
     gathered = [torch.zeros_like(stats) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, stats)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError(f"ranks out of sync: parameter checksums {[g.tolist() for g in gathered]}")
+        raise RuntimeError(f"ranks out of sync: parameter and buffer checksums {[g.tolist() for g in gathered]}")

@@ -34,12 +34,16 @@ from ..files import write_json, write_text
 from ..losses import create_loss
 from ..methods import create_method
 from ..models import create_model, save_model
-from .distributed import (ShardedBatchSampler, assert_in_sync, average_gradients, barrier, distributed_criterion,
-                          init_distributed)
+from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
+                          distributed_criterion, embed_sharded, gather_objects, init_distributed)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# Training steps between host synchronisations (the NaN check and the progress bar's loss): reading
+# the loss every step would make the host wait for the device at every step.
+SYNC_EVERY = 20
 
 
 class TrainingDiverged(RobustDMLError):
@@ -52,6 +56,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
     return torch.device(name)
+
+
+def default_workers(device: torch.device, world: int) -> int:
+    """Data-loading processes when the config leaves ``workers`` unset: none on a CPU (they would
+    compete with training for the cores), on a GPU enough to keep it fed (up to 8 per process)."""
+    import os
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      // world - 1))
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +98,7 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
         self.cuda = self.device.type == "cuda"
         seed_everything(cfg.seed)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.device, self.world)
 
         self.spec = dataset_spec(cfg.dataset)
         self.train_set = get_dataset(cfg.dataset, "train", cfg.root, train=True, image_size=cfg.image_size)
@@ -94,8 +109,8 @@ class Trainer:
             self.sampler = RandomBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)
         if self.world > 1:
             self.sampler = ShardedBatchSampler(self.sampler, self.rank, self.world)
-        self.loader = DataLoader(IndexedDataset(self.train_set), batch_sampler=self.sampler, num_workers=cfg.workers,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
+        self.loader = DataLoader(IndexedDataset(self.train_set), batch_sampler=self.sampler, num_workers=self.workers,
+                                 pin_memory=self.cuda, persistent_workers=self.workers > 0)
 
         in_channels = int(self.train_set[0][0].shape[0])
         self.method = create_method(cfg.method, **self._method_kwargs())
@@ -137,10 +152,11 @@ class Trainer:
         return kwargs
 
     # --- state -----------------------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict:
+    def _state(self, epoch: int, rngs: list[dict]) -> dict:
+        """``rngs``: every rank's RNG state, in rank order (one entry in a single process)."""
         return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "best": dict(self.best), "history": list(self.history),
+                "rng": rngs[0], "rng_ranks": rngs, "best": dict(self.best), "history": list(self.history),
                 "config": self.cfg.to_dict()}
 
     def _restore(self, state: dict) -> None:
@@ -151,15 +167,32 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise ConfigError(f"{self.checkpoint_path} does not match this configuration: {str(e).splitlines()[0]}") from None
-        set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks", [state["rng"]])
+        if len(rngs) != self.world:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the random streams "
+                        "of a resumed run will differ from an uninterrupted one", len(rngs), self.world)
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.start_epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
         log.info("resuming %s after epoch %d", self.out, self.start_epoch)
 
     # --- loop ------------------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
-        bs, dev = self.cfg.eval_batch_size, self.device
-        q, ql = embed(self.model, self.query_set, bs, dev, self.cfg.workers)
-        g, gl = embed(self.model, self.gallery_set, bs, dev, self.cfg.workers) if self.gallery_set else (None, None)
+    def embed_test(self):
+        """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
+        Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
+        def one(dataset):
+            def run(subset):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
+                    return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
+            return embed_sharded(run, dataset, self.device) if self.world > 1 else run(dataset)
+
+        query = one(self.query_set)
+        gallery = one(self.gallery_set) if self.gallery_set is not None else None
+        return None if query is None else (query, gallery)
+
+    def evaluate(self, embeddings=None) -> dict[str, float]:
+        """Clean metrics (and the robust validation) of the current model; rank 0 only."""
+        (q, ql), gallery = embeddings if embeddings is not None else self.embed_test()
+        g, gl = gallery if gallery is not None else (None, None)
         metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed)
         if self.cfg.robust_eval:
             metrics.update({f"robust_{k}": v for k, v in self.robust_validation().items()})
@@ -191,32 +224,37 @@ class Trainer:
                 p.requires_grad_(not warm)  # warm-up trains only the head and the proxies
         self.model.train()
         self.sampler.set_epoch(epoch)
-        total, steps = 0.0, 0
+        total = torch.zeros((), device=self.device)
+        steps = len(self.loader)
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if self.progress and self.rank == 0 else True)
-        for images, labels, index in bar:
+        for step, (images, labels, index) in enumerate(bar, 1):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if self.cuda and cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
                 loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}; the last good checkpoint "
-                    f"({self.checkpoint_path}) is untouched - lower lr or check the data")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.world > 1:
                 average_gradients(list(self.model.parameters()) + list(self.criterion.parameters()))
+                average_buffers([self.model, self.criterion])
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             if self.world > 1 and cfg.check_sync:
                 assert_in_sync([self.model, self.criterion])
-            total, steps = total + loss.item(), steps + 1
-            bar.set_postfix(loss=f"{total / steps:.4f}")
+            total += loss.detach()
+            if step % SYNC_EVERY == 0 or step == steps:
+                value = total.item()  # NaN or inf once any step's loss was
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss became {value} at epoch {epoch + 1}, between steps {max(step - SYNC_EVERY, 0) + 1} "
+                        f"and {step}; the last good checkpoint ({self.checkpoint_path}) is untouched - lower lr "
+                        f"or check the data")
+                bar.set_postfix(loss=f"{value / step:.4f}")
         self.scheduler.step()
-        return total / max(steps, 1)
+        return total.item() / max(steps, 1)
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -229,12 +267,15 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 loss = self.train_epoch(epoch)
+                evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+                embeddings = self.embed_test() if evaluating else None  # every rank embeds a slice
                 if not main:
-                    barrier()  # wait for rank 0's checkpoint of this epoch
+                    gather_objects(rng_state())  # to rank 0's checkpoint of this epoch
+                    barrier()  # wait until it is written
                     continue
                 row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    metrics = self.evaluate()
+                if evaluating:
+                    metrics = self.evaluate(embeddings)
                     row.update(metrics)
                     if cfg.select_metric != "last" and cfg.select_metric not in metrics:
                         raise ConfigError(f"select_metric '{cfg.select_metric}' is not computed for {cfg.dataset}; "
@@ -248,7 +289,7 @@ class Trainer:
                         writer.add_scalar(key, value, epoch + 1)
                 self.history.append(row)
                 save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
-                save_checkpoint(self.checkpoint_path, self._state(epoch + 1))
+                save_checkpoint(self.checkpoint_path, self._state(epoch + 1, gather_objects(rng_state())))
                 self._write_log()
                 barrier()
                 log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,

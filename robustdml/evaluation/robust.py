@@ -82,12 +82,13 @@ class RobustEvaluator:
     kmeans_seed: int = 0
     progress: bool = False
     samples: int = 8
+    workers: int = 0  # data-loading processes
 
     def __post_init__(self):
         self.device = torch.device(self.device)
         self.pool = self.query_set if self.gallery_set is None else ConcatDataset([self.query_set, self.gallery_set])
         self.n_query = len(self.query_set)
-        self.clean_emb, self.labels = embed(self.model, self.pool, self.settings.batch_size, self.device)
+        self.clean_emb, self.labels = embed(self.model, self.pool, self.settings.batch_size, self.device, self.workers)
         self.clusters, centroids = kmeans(self.clean_emb.numpy(), int(len(np.unique(self.labels))), seed=self.kmeans_seed)
         self.centroids = torch.from_numpy(centroids)
         # Reference set of the retrieval attack and metrics: the clean gallery (or the clean pool).
@@ -114,10 +115,11 @@ class RobustEvaluator:
         """Perturb the whole test pool; returns (metrics, adversarial embeddings)."""
         if "surrogate" in attack.needs and self.surrogate is None:
             raise ConfigError("the transfer attack needs a surrogate model (--surrogate PATH)")
-        loader = DataLoader(IndexedDataset(self.pool), batch_size=self.settings.batch_size, shuffle=False)
+        loader = DataLoader(IndexedDataset(self.pool), batch_size=self.settings.batch_size, shuffle=False,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
         adv_emb = []
         for images, labels, index in tqdm(loader, desc=desc, leave=False, disable=None if self.progress else True):
-            images = images.to(self.device)
+            images = images.to(self.device, non_blocking=True)
             self_index = index - self.ref_offset
             context = {"centroids": self.centroids, "assignments": torch.from_numpy(self.clusters[index.numpy()]),
                        "gallery": self.reference, "gallery_labels": self.reference_labels, "labels": labels,

@@ -108,7 +108,7 @@ class EAT(TrainingMethod):
     def loss(self, model, criterion, images, labels, index):
         if not isinstance(model, EnsembleNet) or len(model.members) != self.members:
             raise ConfigError("the eat method trains the ensemble it builds; got another model")
-        masks = [m.to(images.device) for m in self.masks(index)]
+        masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
         if self.transfer == "ensemble":
             # self-transfer: what fools the whole ensemble teaches every member
             if self.adversary.objective == "loss":
@@ -119,8 +119,10 @@ class EAT(TrainingMethod):
         for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
             if not mask.any():
                 continue
-            x, y = images[mask], labels[mask]
-            x_adv = adversarial[mask] if self.transfer == "ensemble" else self.adversary(member, member_loss, x, y)
+            rows = mask.nonzero().squeeze(1).to(images.device, non_blocking=True)
+            x, y = images.index_select(0, rows), labels.index_select(0, rows)
+            x_adv = (adversarial.index_select(0, rows) if self.transfer == "ensemble"
+                     else self.adversary(member, member_loss, x, y))
             total = total + member_loss(member(x_adv), y)
         return total
 
