@@ -1,0 +1,28 @@
+"""Run under torchrun by test_distributed.py: rank 0's gathered embeddings equal one process's."""
+
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from robustdml.data import evaluation_sets
+from robustdml.engine.distributed import embed_sharded, init_distributed
+from robustdml.evaluation import embed
+from robustdml.models import create_model
+
+rank, world, _ = init_distributed()
+torch.manual_seed(0)
+model = create_model("small-cnn", embedding_dim=16, in_channels=1).eval()
+query, _ = evaluation_sets("digits")
+for n in (len(query), 7, 1):  # an odd size, fewer items than a batch, fewer items than ranks
+    data = Subset(query, range(n))
+    got = embed_sharded(lambda subset: embed(model, subset, 64), data, torch.device("cpu"))
+    if rank == 0:
+        want, labels = embed(model, data, 64)
+        # the same rows in the same order (batch boundaries differ, so allow float rounding)
+        assert got is not None and torch.allclose(got[0], want, atol=1e-5) and np.array_equal(got[1], labels), n
+    else:
+        assert got is None
+print(f"rank {rank} of {world}: ok")
+sys.exit(0)
