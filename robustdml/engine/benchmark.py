@@ -163,7 +163,7 @@ class Benchmark:
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
         evaluator = RobustEvaluator(load_model(run, device=device), query, gallery, ks=spec.recall_ks, device=device,
                                     settings=settings, surrogate=load_model(surrogate_run, device) if surrogate_run else None,
-                                    kmeans_seed=cfg.seed, progress=self.progress)
+                                    kmeans_seed=cfg.seed, kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
         names = attack.get("attacks", "all")
         from ..attacks import ATTACKS
         names = list(ATTACKS) if names == "all" else list(names)

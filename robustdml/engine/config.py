@@ -84,6 +84,7 @@ class TrainConfig:
     robust_eval_steps: int = 5
     robust_eval_size: int = 512
     eval_batch_size: int = 256
+    kmeans_restarts: int = 5  # k-means runs per clustering evaluation, the best kept (1 is cheaper on large sets)
     select_metric: str = "recall@1"  # the "best" model; "last" keeps the final epoch
     seed: int = 0
     device: str = "auto"
@@ -118,6 +119,7 @@ class TrainConfig:
             (0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
             (self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}"),
+            (self.kmeans_restarts >= 1, f"kmeans_restarts must be at least 1, got {self.kmeans_restarts}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
             (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),

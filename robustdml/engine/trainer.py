@@ -193,7 +193,8 @@ class Trainer:
         """Clean metrics (and the robust validation) of the current model; rank 0 only."""
         (q, ql), gallery = embeddings if embeddings is not None else self.embed_test()
         g, gl = gallery if gallery is not None else (None, None)
-        metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed)
+        metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed,
+                                      restarts=self.cfg.kmeans_restarts)
         if self.cfg.robust_eval:
             metrics.update({f"robust_{k}": v for k, v in self.robust_validation().items()})
         return metrics
@@ -210,7 +211,8 @@ class Trainer:
             self._robust_subset = Subset(self.query_set, sorted(chosen.tolist()))
         settings = AttackSettings(steps=cfg.robust_eval_steps, batch_size=cfg.eval_batch_size, seed=cfg.seed)
         evaluator = RobustEvaluator(self.model, self._robust_subset, None, ks=self.spec.recall_ks, device=self.device,
-                                    settings=settings, kmeans_seed=cfg.seed, samples=0)
+                                    settings=settings, kmeans_seed=cfg.seed, samples=0,
+                                    kmeans_restarts=cfg.kmeans_restarts)
         eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.spec.eps
         metrics, _ = evaluator.attack(settings.build(cfg.robust_eval_attack, eps))
         return metrics

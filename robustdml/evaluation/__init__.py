@@ -33,13 +33,13 @@ def evaluate_embeddings(query: torch.Tensor, query_labels: np.ndarray, gallery: 
 
 def evaluate_model(model: nn.Module, dataset: str, root=None, device: str | torch.device = "cpu",
                    batch_size: int = 256, image_size: int = 224, seed: int = 0, workers: int = 0,
-                   progress: bool = False) -> dict[str, float]:
+                   progress: bool = False, restarts: int = 5) -> dict[str, float]:
     """Clean metrics of ``model`` on the test classes of ``dataset``."""
     spec = dataset_spec(dataset)
     query_set, gallery_set = evaluation_sets(dataset, root, image_size=image_size)
     q, ql = embed(model, query_set, batch_size, device, workers, progress)
     g, gl = embed(model, gallery_set, batch_size, device, workers, progress) if gallery_set is not None else (None, None)
-    return evaluate_embeddings(q, ql, g, gl, ks=spec.recall_ks, seed=seed)
+    return evaluate_embeddings(q, ql, g, gl, ks=spec.recall_ks, seed=seed, restarts=restarts)
 
 
 __all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clustering_metrics", "retrieval_metrics",

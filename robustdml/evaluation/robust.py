@@ -80,6 +80,7 @@ class RobustEvaluator:
     settings: AttackSettings = field(default_factory=AttackSettings)
     surrogate: nn.Module | None = None
     kmeans_seed: int = 0
+    kmeans_restarts: int = 5
     progress: bool = False
     samples: int = 8
     workers: int = 0  # data-loading processes
@@ -89,7 +90,8 @@ class RobustEvaluator:
         self.pool = self.query_set if self.gallery_set is None else ConcatDataset([self.query_set, self.gallery_set])
         self.n_query = len(self.query_set)
         self.clean_emb, self.labels = embed(self.model, self.pool, self.settings.batch_size, self.device, self.workers)
-        self.clusters, centroids = kmeans(self.clean_emb.numpy(), int(len(np.unique(self.labels))), seed=self.kmeans_seed)
+        self.clusters, centroids = kmeans(self.clean_emb.numpy(), int(len(np.unique(self.labels))), seed=self.kmeans_seed,
+                                          restarts=self.kmeans_restarts)
         self.centroids = torch.from_numpy(centroids)
         # Reference set of the retrieval attack and metrics: the clean gallery (or the clean pool).
         self.ref_offset = 0 if self.gallery_set is None else self.n_query
@@ -101,7 +103,7 @@ class RobustEvaluator:
 
     # --- metrics ---------------------------------------------------------------------------------
     def metrics(self, pool_emb: torch.Tensor) -> dict[str, float]:
-        result = clustering_metrics(pool_emb.numpy(), self.labels, seed=self.kmeans_seed)
+        result = clustering_metrics(pool_emb.numpy(), self.labels, seed=self.kmeans_seed, restarts=self.kmeans_restarts)
         query = pool_emb[: self.n_query]
         ql = self.labels[: self.n_query]
         if self.gallery_set is None:

@@ -47,6 +47,7 @@ def test_train_then_evaluate_writes_float_json(tmp_path, capsys):
     (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "does not exist"),
     (["train", "--config", "configs/digits.yaml", "--out", "{tmp}/r", "lr=abc"], "expects float"),
     (["evaluate", "{tmp}/nomodel", "--dataset", "digits"], "no model"),
+    (["evaluate", "{tmp}/nomodel", "--dataset", "digits", "--kmeans-restarts", "0"], "--kmeans-restarts"),
     (["data", "info", "--dataset", "cub", "--root", "{tmp}/nothing"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
@@ -61,6 +62,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
     (["--eps", "-0.1"], "eps"),
     (["--steps", "0"], "steps"),
     (["--attack", "fgsm-magic"], "unknown attack"),
+    (["--kmeans-restarts", "0"], "--kmeans-restarts"),
 ])
 def test_attack_bad_input(digits_run, extra, match):
     run, _ = digits_run
