@@ -180,9 +180,9 @@ class Trainer:
         """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
         Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
         def one(dataset):
+            # in fp32, as `robustdml evaluate` and `attack` embed, so the logged metrics match theirs
             def run(subset):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp):
-                    return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
+                return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
             return embed_sharded(run, dataset, self.device) if self.world > 1 else run(dataset)
 
         query = one(self.query_set)
