@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import write_text  # noqa: E402
 from .plots import _save  # noqa: E402
-from .summary import SUMMARY_METRICS, mean_std  # noqa: E402
+from .summary import summarize  # noqa: E402
 
 METHOD_ORDER = ("standard", "pgd-at", "trades", "mixup", "eat")
 
@@ -47,12 +47,7 @@ def group_tables(cells: list[dict]) -> dict[tuple[str, str], dict]:
     tables = {}
     for key, by_method in groups.items():
         eps = next(iter(by_method.values()))[0]["main_eps_key"]
-        rows = {}
-        for method in _ordered(by_method):
-            runs = by_method[method]
-            row = {f"clean {m}": (*mean_std([r["clean"][m] for r in runs]), len(runs)) for m in SUMMARY_METRICS}
-            row.update({f"adv {m}": (*mean_std([r["worst"][eps][m] for r in runs]), len(runs)) for m in SUMMARY_METRICS})
-            rows[method] = row
+        rows = summarize({method: by_method[method] for method in _ordered(by_method)}, eps)
         tables[key] = {"eps": eps, "rows": rows, "runs": {m: by_method[m] for m in _ordered(by_method)}}
     return tables
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-SUMMARY_METRICS = ("nmi", "f1", "recall@1")
+SUMMARY_METRICS = ("nmi", "f1", "ari", "recall@1")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

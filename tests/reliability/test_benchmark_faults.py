@@ -48,8 +48,8 @@ def test_report_numbers_equal_the_cell_json(tmp_path):
     cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "out/cells").glob("*/result.json"))]
     eps = cells[0]["main_eps_key"]
     row = next(line for line in md.read_text().splitlines() if line.startswith("| standard |"))
-    numbers = [tuple(map(float, pair)) for pair in re.findall(r"([\d.]+) ± ([\d.]+)", row)]
-    columns = [("clean", m) for m in ("nmi", "f1", "recall@1")] + [("adv", m) for m in ("nmi", "f1", "recall@1")]
+    numbers = [tuple(map(float, pair)) for pair in re.findall(r"(-?[\d.]+) ± ([\d.]+)", row)]
+    columns = [("clean", m) for m in ("nmi", "f1", "ari", "recall@1")] + [("adv", m) for m in ("nmi", "f1", "ari", "recall@1")]
     assert len(numbers) == len(columns)
     for (kind, metric), (mean, std) in zip(columns, numbers):
         values = [c["clean"][metric] if kind == "clean" else c["worst"][eps][metric] for c in cells]
