@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -157,11 +158,9 @@ def gather_objects(obj) -> list:
     return out
 
 
-def embed_sharded(embed_fn, dataset, device: torch.device) -> tuple[torch.Tensor, "np.ndarray"] | None:
+def embed_sharded(embed_fn, dataset, device: torch.device) -> tuple[torch.Tensor, np.ndarray] | None:
     """Each rank embeds a contiguous slice of ``dataset`` with ``embed_fn(subset)`` -> (embeddings,
     labels); rank 0 gets the whole set in order, the other ranks ``None``."""
-    import numpy as np
-
     world, rank, n = dist.get_world_size(), dist.get_rank(), len(dataset)
     per = -(-n // world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)

@@ -179,10 +179,10 @@ class Trainer:
     def embed_test(self):
         """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
         Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
+        def run(subset):  # in fp32, as `robustdml evaluate` and `attack` embed, so the metrics match theirs
+            return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
+
         def one(dataset):
-            # in fp32, as `robustdml evaluate` and `attack` embed, so the logged metrics match theirs
-            def run(subset):
-                return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
             return embed_sharded(run, dataset, self.device) if self.world > 1 else run(dataset)
 
         query = one(self.query_set)
