@@ -32,5 +32,20 @@ def compare(a: Callable[[], object], b: Callable[[], object], device: torch.devi
     return statistics.median(ta), statistics.median(tb)
 
 
+def training_setup(device: torch.device, backbone: str, batch: int, size: int, classes: int):
+    """A randomly initialised model, Proxy Anchor loss, AdamW and one random batch (seeded):
+    (model, criterion, optimizer, x, y, index)."""
+    from robustdml.losses import create_loss
+    from robustdml.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(backbone, embedding_dim=512, pretrained=False).to(device).train()
+    criterion = create_loss("proxy_anchor", num_classes=classes, embedding_dim=512).to(device)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()), lr=1e-5)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.arange(batch, device=device) % classes
+    return model, criterion, optimizer, x, y, torch.arange(batch)
+
+
 def line(name: str, ratio: float, target: float) -> str:
     return f"{name} {ratio:.2f} {target:.2f}"

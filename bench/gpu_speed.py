@@ -22,25 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import compare  # noqa: E402
+from common import compare, training_setup  # noqa: E402
 
-from robustdml.losses import create_loss  # noqa: E402
 from robustdml.methods import create_method  # noqa: E402
-from robustdml.models import create_model  # noqa: E402
 
 
 def _setup(device: torch.device, backbone: str, batch: int, size: int, steps: int, fast: bool):
-    torch.manual_seed(0)
-    model = create_model(backbone, embedding_dim=512, pretrained=False).to(device).train()
+    model, criterion, optimizer, x, y, index = training_setup(device, backbone, batch, size, classes=100)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    criterion = create_loss("proxy_anchor", num_classes=100, embedding_dim=512).to(device)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()), lr=1e-5)
-    x = torch.rand(batch, 3, size, size, device=device)
-    if fast:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.arange(batch, device=device) % 100
-    index = torch.arange(batch)
     method = create_method("pgd-at", eps=8 / 255, steps=steps)
 
     def step():

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from robustdml.losses import create_loss
 from robustdml.methods import create_method
-from robustdml.models import create_model
 
-from common import compare, line
+from common import compare, line, training_setup
 
 TARGET = 1.10
 
 
 def run(device: torch.device, steps: int = 10, batch: int = 32, size: int = 64) -> tuple[str, dict]:
-    torch.manual_seed(0)
-    model = create_model("resnet18", embedding_dim=512, pretrained=False).to(device).train()
-    criterion = create_loss("proxy_anchor", num_classes=16, embedding_dim=512).to(device)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()), lr=1e-5)
-    x = torch.rand(batch, 3, size, size, device=device)
-    y = torch.arange(batch, device=device) % 16
-    index = torch.arange(batch)
+    model, criterion, optimizer, x, y, index = training_setup(device, "resnet18", batch, size, classes=16)
     pgd = create_method("pgd-at", eps=8 / 255, steps=steps)
 
     def pgd_step():

@@ -34,10 +34,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    import torch
-
     from ..data import dataset_spec
-    from ..engine.trainer import default_workers
     from ..evaluation import evaluate_model
     from ..files import write_json
     from ..models import load_model
@@ -46,9 +43,8 @@ def _cmd_evaluate(args) -> int:
     dataset_spec(args.dataset)
     if args.kmeans_restarts < 1:
         raise RobustDMLError("--kmeans-restarts must be at least 1")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device, workers = _device_and_workers(args)
     model = load_model(args.model, device=device)
-    workers = args.workers if args.workers is not None else default_workers(torch.device(device), 1)
     metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
                              image_size=args.image_size, seed=args.seed, workers=workers, progress=not args.quiet,
                              restarts=args.kmeans_restarts)
@@ -62,11 +58,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_attack(args) -> int:
-    import torch
-
     from ..attacks import ATTACKS
     from ..data import dataset_spec, evaluation_sets
-    from ..engine.trainer import default_workers
     from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
     from ..files import write_json
     from ..models import load_model
@@ -82,13 +75,12 @@ def _cmd_attack(args) -> int:
         raise RobustDMLError(f"--eps must be >= 0, got {min(eps_values)}")
     if args.steps < 1 or args.restarts < 1 or args.kmeans_restarts < 1:
         raise RobustDMLError("--steps, --restarts and --kmeans-restarts must be at least 1")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device, workers = _device_and_workers(args)
     model = load_model(args.model, device=device)
     surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
     settings = AttackSettings(steps=args.steps, restarts=args.restarts, norm=args.norm, seed=args.seed,
                               batch_size=args.batch_size)
-    workers = args.workers if args.workers is not None else default_workers(torch.device(device), 1)
     evaluator = RobustEvaluator(model, query, gallery, ks=spec.recall_ks, device=device, settings=settings,
                                 surrogate=surrogate, kmeans_seed=args.seed, progress=not args.quiet, workers=workers,
                                 kmeans_restarts=args.kmeans_restarts)
@@ -231,6 +223,15 @@ def _add_model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run directory (its best model) or saved model directory")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", help="dataset folder (not needed for digits)")
+
+
+def _device_and_workers(args) -> tuple[str, int]:
+    """``--device`` (auto: cuda when there is one) and ``--workers`` (default by device)."""
+    import torch
+
+    from ..engine.trainer import default_workers
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, args.workers if args.workers is not None else default_workers(torch.device(device), 1)
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

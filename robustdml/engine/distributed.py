@@ -121,32 +121,27 @@ def average_gradients(parameters) -> None:
 
     Every rank computed the same global loss and got the gradient through its own samples only
     (the gather's backward sums the ranks' copies), so the mean over ranks is the global gradient."""
-    world = dist.get_world_size()
     params = [p for p in parameters if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    for p, mean in zip(params, _mean_across_ranks(grads)):
+        p.grad = mean.clone()
 
 
 def average_buffers(modules) -> None:
     """All-reduce the mean of every floating-point buffer (BatchNorm running mean and variance), in
     one flat buffer; integer buffers (batch counters) are equal on every rank already."""
     buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
+    if buffers:
+        for b, mean in zip(buffers, _mean_across_ranks(buffers)):
+            b.copy_(mean)
+
+
+def _mean_across_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean over ranks of each tensor, by one all-reduce of one flat buffer; views into it."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def gather_objects(obj) -> list:

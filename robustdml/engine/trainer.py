@@ -16,6 +16,7 @@ import csv
 import io
 import logging
 import math
+import os
 import random
 from pathlib import Path
 
@@ -61,7 +62,6 @@ def resolve_device(name: str) -> torch.device:
 def default_workers(device: torch.device, world: int) -> int:
     """Data-loading processes when the config leaves ``workers`` unset: none on a CPU (they would
     compete with training for the cores), on a GPU enough to keep it fed (up to 8 per process)."""
-    import os
     if device.type != "cuda":
         return 0
     return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -189,9 +189,9 @@ class Trainer:
         gallery = one(self.gallery_set) if self.gallery_set is not None else None
         return None if query is None else (query, gallery)
 
-    def evaluate(self, embeddings=None) -> dict[str, float]:
-        """Clean metrics (and the robust validation) of the current model; rank 0 only."""
-        (q, ql), gallery = embeddings if embeddings is not None else self.embed_test()
+    def evaluate(self, embeddings) -> dict[str, float]:
+        """Clean metrics (and the robust validation) from :meth:`embed_test`'s result; rank 0 only."""
+        (q, ql), gallery = embeddings
         g, gl = gallery if gallery is not None else (None, None)
         metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed,
                                       restarts=self.cfg.kmeans_restarts)
