@@ -1,4 +1,4 @@
-"""Attacks on deep metric learning, all PGD-based (DESIGN §2), grouped by what they need:
+"""Attacks on deep metric learning, all PGD-based (docs/design.md, "Attacks"), grouped by what they need:
 
 - label-free: ``displacement`` (embedding displacement)
 - clustering-aware: ``centroid`` (centroid margin against the clean k-means clustering)
@@ -9,7 +9,8 @@
 >>> x_adv = create_attack("displacement", eps=8 / 255, steps=10)(model, images)
 """
 
-from .base import Attack, Norm, project, random_start
+from .base import Attack, project, random_start
+from .context import AttackContext, Norm, ThreatModel
 from .centroid import CentroidMargin
 from .displacement import EmbeddingDisplacement
 from .loss import LossAttack
@@ -18,5 +19,5 @@ from .registry import ATTACKS, create_attack, register_attack
 from .retrieval import RetrievalAttack
 from .transfer import TransferAttack
 
-__all__ = ["Attack", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
+__all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
            "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise"]

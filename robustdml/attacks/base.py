@@ -10,18 +10,13 @@ included: gradients flow through everything the module computes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from enum import Enum
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-
-
-class Norm(str, Enum):
-    LINF = "linf"
-    L2 = "l2"
+from .context import AttackContext, Norm
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
@@ -51,7 +46,8 @@ def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Gener
 
 class Attack(ABC):
     """Base class. Subclasses set ``name`` and implement :meth:`objective`, the per-sample quantity
-    the adversary maximises.
+    the adversary maximises; options of their own go to their constructor (and are then accepted
+    from configs and the CLI through ``attack_kwargs``).
 
     Args:
         eps: budget (L∞ or L2 radius in [0, 1] pixel units).
@@ -71,7 +67,7 @@ class Attack(ABC):
     white_box: ClassVar[bool] = True
     #: the metrics the attack is built to lower (the "beats noise" check compares these).
     targets: ClassVar[tuple[str, ...]] = ("nmi",)
-    #: context keys the attack needs per batch (see :mod:`robustdml.evaluation.robust`).
+    #: the :class:`AttackContext` fields the attack reads.
     needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, eps: float, steps: int = 10, step_size: float | None = None, norm: Norm | str = Norm.LINF,
@@ -97,35 +93,39 @@ class Attack(ABC):
                 f"norm={self.norm.value}, restarts={self.restarts})")
 
     @abstractmethod
-    def objective(self, embeddings: torch.Tensor, context: dict) -> torch.Tensor:
-        """Per-sample objective (B,) of the adversarial embeddings (B, D); higher is worse for the defender."""
+    def objective(self, embeddings: torch.Tensor, state: dict) -> torch.Tensor:
+        """Per-sample objective (B,) of the adversarial embeddings (B, D); higher is worse for the
+        defender. ``state`` is what :meth:`prepare` returned for this batch."""
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, context: dict) -> dict:
-        """Per-batch set-up before the PGD loop (e.g. the clean embeddings). Runs without gradients."""
-        return context
+    def prepare(self, model: nn.Module, x: torch.Tensor, context: AttackContext) -> dict:
+        """Per-batch set-up before the PGD loop (e.g. the clean embeddings, tensors moved to the
+        device), from the batch's context. Runs without gradients."""
+        return {}
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, **context) -> torch.Tensor:
+    def __call__(self, model: nn.Module, images: torch.Tensor, context: AttackContext | None = None) -> torch.Tensor:
+        context = context if context is not None else AttackContext()
+        context.require(self.needs, self.name)
         x = images.detach().clone()
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                context = self.prepare(model, x, dict(context))
-            return self.perturb(model, x, context).detach()
+                state = self.prepare(model, x, context)
+            return self.perturb(model, x, state, context).detach()
         finally:
             model.train(was_training)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, context: dict) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, state: dict, context: AttackContext) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best_x, best_obj = None, None
         for _ in range(self.restarts):
-            x_adv = self._pgd(model, x, context, generator)
+            x_adv = self._pgd(model, x, state, generator)
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():
-                obj = self.objective(model(x_adv), context)
+                obj = self.objective(model(x_adv), state)
             if best_x is None:
                 best_x, best_obj = x_adv, obj
             else:
@@ -134,11 +134,11 @@ class Attack(ABC):
                 best_obj = torch.maximum(obj, best_obj)
         return best_x
 
-    def _pgd(self, model: nn.Module, x: torch.Tensor, context: dict, generator: torch.Generator) -> torch.Tensor:
+    def _pgd(self, model: nn.Module, x: torch.Tensor, state: dict, generator: torch.Generator) -> torch.Tensor:
         delta = random_start(x, self.eps, self.norm, generator) if self.random_init else torch.zeros_like(x)
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            loss = self.objective(model(x + delta), context).sum()
+            loss = self.objective(model(x + delta), state).sum()
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 if self.norm is Norm.LINF:

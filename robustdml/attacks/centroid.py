@@ -2,8 +2,8 @@
 
 With the centroids C of the clean k-means clustering and each sample's clean assignment a, maximise
 ``max_{j != a} cos(f(x+δ), c_j) - cos(f(x+δ), c_a)``: the k-means counterpart of the Carlini-Wagner
-margin (Carlini & Wagner, arXiv 1608.04644). The evaluator supplies ``centroids`` (k, D) and
-``assignments`` (B,) for each batch.
+margin (Carlini & Wagner, arXiv 1608.04644). It reads ``centroids`` (k, D) and ``assignments`` (B,)
+from the batch's :class:`~robustdml.attacks.context.AttackContext`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ class CentroidMargin(Attack):
     needs = ("centroids", "assignments")
 
     def prepare(self, model, x, context):
-        return {**context, "centroids": F.normalize(context["centroids"].to(x.device, torch.float32), dim=1),
-                "assignments": context["assignments"].to(x.device)}
+        return {"centroids": F.normalize(context.centroids.to(x.device, torch.float32), dim=1),
+                "assignments": context.assignments.to(x.device)}
 
-    def objective(self, embeddings, context):
-        cos = embeddings @ context["centroids"].T
-        own = cos.gather(1, context["assignments"][:, None]).squeeze(1)
-        others = cos.scatter(1, context["assignments"][:, None], -torch.inf).amax(1)
+    def objective(self, embeddings, state):
+        cos = embeddings @ state["centroids"].T
+        own = cos.gather(1, state["assignments"][:, None]).squeeze(1)
+        others = cos.scatter(1, state["assignments"][:, None], -torch.inf).amax(1)
         return others - own

@@ -12,7 +12,7 @@ class EmbeddingDisplacement(Attack):
     name = "displacement"
 
     def prepare(self, model, x, context):
-        return {**context, "clean": model(x)}
+        return {"clean": model(x)}
 
-    def objective(self, embeddings, context):
-        return 1 - (embeddings * context["clean"]).sum(1)
+    def objective(self, embeddings, state):
+        return 1 - (embeddings * state["clean"]).sum(1)

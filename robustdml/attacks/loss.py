@@ -4,7 +4,6 @@ training labels and the loss's proxies."""
 
 from __future__ import annotations
 
-
 from .base import Attack
 
 
@@ -12,7 +11,10 @@ class LossAttack(Attack):
     name = "loss"
     needs = ("criterion", "labels")
 
-    def objective(self, embeddings, context):
-        loss = context["criterion"](embeddings, context["labels"])
+    def prepare(self, model, x, context):
+        return {"criterion": context.criterion, "labels": context.labels}
+
+    def objective(self, embeddings, state):
+        loss = state["criterion"](embeddings, state["labels"])
         # spread the batch loss over samples so that .sum() in the PGD loop is the loss itself
         return loss.expand(len(embeddings)) / len(embeddings)

@@ -15,10 +15,10 @@ class UniformNoise(Attack):
     name = "noise"
     white_box = False
 
-    def objective(self, embeddings, context):  # pragma: no cover - never optimised
+    def objective(self, embeddings, state):  # pragma: no cover - never optimised
         return torch.zeros(len(embeddings), device=embeddings.device)
 
-    def perturb(self, model, x, context):
+    def perturb(self, model, x, state, context):
         g = torch.Generator(device=x.device).manual_seed(self.seed)
         if self.norm is Norm.LINF:
             delta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * self.eps

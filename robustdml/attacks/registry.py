@@ -1,18 +1,13 @@
-"""The attack registry: names to classes, so the CLI and tests enumerate what exists."""
+"""The attack registry: names to classes, so the CLI, configs and tests enumerate what exists."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..registry import Registry
 
-ATTACKS: dict[str, type] = {}
-
-
-def register_attack(cls):
-    ATTACKS[cls.name] = cls
-    return cls
+ATTACKS: Registry = Registry("attack")
+register_attack = ATTACKS.register
 
 
-def create_attack(name: str, eps: float, **kwargs):
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)} (or 'all')")
-    return ATTACKS[name](eps, **kwargs)
+def create_attack(name: str, eps: float, **options):
+    """The attack ``name`` at budget ``eps``; ``options`` are checked against its constructor."""
+    return ATTACKS.create(name, eps, **options)

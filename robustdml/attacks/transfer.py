@@ -4,8 +4,6 @@ much more than the white-box attacks do, the target's gradients are masked."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from .base import Attack
 from .displacement import EmbeddingDisplacement
 from .registry import register_attack
@@ -17,11 +15,10 @@ class TransferAttack(Attack):
     white_box = False
     needs = ("surrogate",)
 
-    def objective(self, embeddings, context):  # pragma: no cover - the inner attack optimises
+    def objective(self, embeddings, state):  # pragma: no cover - the inner attack optimises
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, images, **context):
-        surrogate = context["surrogate"]
+    def perturb(self, model, x, state, context):
         inner = EmbeddingDisplacement(self.eps, self.steps, self.step_size, self.norm, self.random_init,
                                       self.restarts, self.seed)
-        return inner(surrogate, images)
+        return inner(context.surrogate, x)

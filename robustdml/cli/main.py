@@ -26,25 +26,19 @@ def _cmd_train(args) -> int:
     # a resumed run continues with the configuration it saved, unless another is given
     cfg = load_train_config(args.config or Path(args.out) / "config.yaml", args.overrides)
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    if not result["clean"]:
+    if not result.main:
         return 0  # a non-zero rank of a multi-process run: rank 0 reports
-    print(f"best epoch {result['best_epoch']} by {result['select_metric']}; model in {Path(args.out) / 'best'}")
-    print(metrics_table({"clean": result["clean"]}))
+    print(f"best epoch {result.best_epoch} by {result.select_metric}; model in {Path(args.out) / 'best'}")
+    print(metrics_table({"clean": result.clean}))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from ..data import dataset_spec
     from ..evaluation import evaluate_model
     from ..files import write_json
-    from ..models import load_model
     from ..reporting import metrics_table
 
-    dataset_spec(args.dataset)
-    if args.kmeans_restarts < 1:
-        raise RobustDMLError("--kmeans-restarts must be at least 1")
-    device, workers = _device_and_workers(args)
-    model = load_model(args.model, device=device)
+    model, device, workers = _load_for_evaluation(args)
     metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
                              image_size=args.image_size, seed=args.seed, workers=workers, progress=not args.quiet,
                              restarts=args.kmeans_restarts)
@@ -58,56 +52,56 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_attack(args) -> int:
-    from ..attacks import ATTACKS
+    from ..attacks import ThreatModel
     from ..data import dataset_spec, evaluation_sets
-    from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+    from ..evaluation.robust import AttackSuite, evaluate_robustness
     from ..files import write_json
     from ..models import load_model
-    from ..reporting import metrics_table, plot_adversarial_grid, plot_metrics_vs_eps
+    from .config import parse_options
 
-    spec = dataset_spec(args.dataset)
-    names = list(ATTACKS) if "all" in args.attack else list(dict.fromkeys(args.attack))
-    unknown = [n for n in names if n not in ATTACKS]
-    if unknown:
-        raise RobustDMLError(f"unknown attack {unknown[0]!r}; choose from all, {', '.join(ATTACKS)}")
-    eps_values = args.eps if args.eps else [spec.eps]
-    if any(not e >= 0 for e in eps_values):
-        raise RobustDMLError(f"--eps must be >= 0, got {min(eps_values)}")
-    if args.steps < 1 or args.restarts < 1 or args.kmeans_restarts < 1:
-        raise RobustDMLError("--steps, --restarts and --kmeans-restarts must be at least 1")
-    device, workers = _device_and_workers(args)
-    model = load_model(args.model, device=device)
+    suite = AttackSuite(args.attack, eps=args.eps, steps=args.steps, restarts=args.restarts, norm=args.norm,
+                        seed=args.seed, batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option))
+    model, device, workers = _load_for_evaluation(args)
     surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
-    settings = AttackSettings(steps=args.steps, restarts=args.restarts, norm=args.norm, seed=args.seed,
-                              batch_size=args.batch_size)
-    evaluator = RobustEvaluator(model, query, gallery, ks=spec.recall_ks, device=device, settings=settings,
-                                surrogate=surrogate, kmeans_seed=args.seed, progress=not args.quiet, workers=workers,
-                                kmeans_restarts=args.kmeans_restarts)
-    result = evaluator.run(eps_values, names, main_eps=spec.eps if spec.eps in eps_values else None)
-    result["model"], result["dataset"] = str(args.model), args.dataset
-
+    found = evaluate_robustness(model, query, gallery, suite, threat=ThreatModel.of(args.dataset),
+                                ks=dataset_spec(args.dataset).recall_ks, device=device, surrogate=surrogate,
+                                kmeans_seed=args.seed, kmeans_restarts=args.kmeans_restarts, workers=workers,
+                                progress=not args.quiet)
+    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
     out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
     json_path = Path(args.json) if args.json else out_dir / "attack.json"
     write_json(json_path, result)
-    plot_metrics_vs_eps(result, out_dir / "metrics_vs_eps.png")
-    sample = evaluator.sample
-    plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
-                          title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")
-
-    rows = {"clean": result["clean"]}
-    for k in result["worst"]:
-        for name in names:
-            if k in result["attacks"].get(name, {}):
-                rows[f"{name} @{k}"] = result["attacks"][name][k]
-        rows[f"WORST @{k}"] = result["worst"][k]
-    print(metrics_table(rows))
-    print()
-    for name, check in result["checks"].items():
-        state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
-        print(f"check {name:24s} {state}" + (f"  ({check['note']})" if "note" in check else ""))
-    print(f"wrote {json_path}, {out_dir / 'metrics_vs_eps.png'}, {out_dir / 'adversarial_examples.png'}")
+    plots = _attack_plots(found, out_dir)
+    print(_attack_summary(found))
+    print(f"wrote {json_path}, {', '.join(map(str, plots))}")
     return 0
+
+
+def _attack_plots(found, out_dir: Path) -> list[Path]:
+    from ..evaluation.robust import eps_key
+    from ..reporting import plot_adversarial_grid, plot_metrics_vs_eps
+
+    sample = found.sample
+    return [plot_metrics_vs_eps(found.to_dict(), out_dir / "metrics_vs_eps.png"),
+            plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
+                                  title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")]
+
+
+def _attack_summary(found) -> str:
+    """The metrics table (clean, every attack at every eps, the worst case) and the checks' states."""
+    from ..reporting import metrics_table
+
+    rows = {"clean": found.clean}
+    for k in found.worst:
+        for name, per_eps in found.attacks.items():
+            rows[f"{name} @{k}"] = per_eps[k]
+        rows[f"WORST @{k}"] = found.worst[k]
+    lines = [metrics_table(rows), ""]
+    for name, check in found.checks.items():
+        state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
+        lines.append(f"check {name:24s} {state}" + (f"  ({check['note']})" if "note" in check else ""))
+    return "\n".join(lines)
 
 
 def _cmd_benchmark(args) -> int:
@@ -149,8 +143,6 @@ def _cmd_data_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..data import DATASETS
-
     parser = argparse.ArgumentParser(
         prog="robustdml",
         description="Adversarially robust deep metric learning: train, attack, defend (EAT) and evaluate "
@@ -163,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub_add = sub.add_parser
     sub.add_parser = lambda *a, **k: sub_add(*a, parents=[common], **k)  # -q/-v after the command too
+    for add in (_add_train, _add_evaluate, _add_attack, _add_benchmark, _add_report, _add_data):
+        add(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an embedding model from a YAML config",
                        description="Train a deep metric learning model. Any config key can be overridden "
                                    "with key=value (e.g. epochs=5 seed=1 method=standard loss_kwargs.margin=0.2).")
@@ -173,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="clean clustering and retrieval metrics of a model",
                        description="k-means NMI, pairwise F1, ARI, Recall@K and MAP@R on the test classes.")
     _add_model_and_data(p)
@@ -180,22 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_attack(sub) -> None:
+    from ..attacks import ATTACKS
+
     p = sub.add_parser("attack", help="robust evaluation under the attack suite",
                        description="Perturb every test image with each attack at each eps, cluster again and "
                                    "compute every metric; report the worst case per metric and the "
                                    "honest-evaluation checks. Writes JSON and PNG plots.")
     _add_model_and_data(p)
     p.add_argument("--eps", type=float, nargs="+", help="budgets in [0,1] pixel units (default: the dataset's)")
-    p.add_argument("--attack", nargs="+", default=["all"], help="attacks to run: all (default) or names")
+    p.add_argument("--attack", nargs="+", default=["all"],
+                   help=f"attacks to run: all (default) or names ({', '.join(ATTACKS)})")
+    p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="an option of one attack's own constructor, e.g. centroid.restarts=2 (repeatable)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     p.add_argument("--restarts", type=int, default=1, help="random restarts, worst kept (default 1)")
-    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the dataset's, L∞)")
     p.add_argument("--surrogate", help="saved model for the transfer attack (without it, transfer is skipped)")
     p.add_argument("--out", help="folder for plots (default: MODEL/attack)")
     p.add_argument("--json", help="results file (default: OUT/attack.json)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_attack)
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run a grid of (method, dataset, backbone, seed) cells and report",
                        description="Train and robust-evaluate every cell of the grid in a benchmark config. "
                                    "Finished cells are skipped on a rerun; a failing cell is recorded and the "
@@ -205,9 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", action="append", metavar="DATASET=PATH", help="dataset folder, e.g. cub=/data/CUB_200_2011")
     p.set_defaults(func=_cmd_benchmark)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="rebuild a benchmark's report from its JSON files")
     p.add_argument("run_dir", help="benchmark output folder")
     p.set_defaults(func=_cmd_report)
+
+
+def _add_data(sub) -> None:
+    from ..data import DATASETS
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -215,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     q.add_argument("--root", help="dataset folder (not needed for digits)")
     q.set_defaults(func=_cmd_data_info)
-    return parser
 
 
 def _add_model_and_data(p: argparse.ArgumentParser) -> None:
@@ -225,13 +238,18 @@ def _add_model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="dataset folder (not needed for digits)")
 
 
-def _device_and_workers(args) -> tuple[str, int]:
-    """``--device`` (auto: cuda when there is one) and ``--workers`` (default by device)."""
-    import torch
+def _load_for_evaluation(args):
+    """The model of ``evaluate``/``attack`` on its device, and the data-loading processes."""
+    from ..data import dataset_spec
+    from ..engine.devices import default_workers, resolve_device
+    from ..models import load_model
 
-    from ..engine.trainer import default_workers
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, args.workers if args.workers is not None else default_workers(torch.device(device), 1)
+    dataset_spec(args.dataset)
+    if args.kmeans_restarts < 1:
+        raise RobustDMLError("--kmeans-restarts must be at least 1")
+    device = resolve_device(args.device)
+    workers = args.workers if args.workers is not None else default_workers(device)
+    return load_model(args.model, device=device), device, workers
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from . import cars, cub, digits, inshop, sop  # noqa: F401  (register the readers)
-from .base import DATASETS, DatasetSpec, ImageListDataset, IndexedDataset, MetricDataset, TensorDataset
+from .base import (DATASETS, DatasetSpec, ImageListDataset, IndexedDataset, MetricDataset, TensorDataset,
+                   register_dataset)
 from .sampler import ClassBalancedBatchSampler, RandomBatchSampler
 
 
@@ -51,5 +52,5 @@ def dataset_info(name: str, root=None) -> dict:
     return info
 
 
-__all__ = ["DATASETS", "DatasetSpec", "MetricDataset", "ImageListDataset", "TensorDataset", "IndexedDataset",
+__all__ = ["DATASETS", "DatasetSpec", "register_dataset", "MetricDataset", "ImageListDataset", "TensorDataset", "IndexedDataset",
            "ClassBalancedBatchSampler", "RandomBatchSampler", "dataset_spec", "get_dataset", "evaluation_sets", "dataset_info"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
+from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def parse_int(value: str, where: str) -> int:
 class DatasetSpec:
     """What robustdml knows about a dataset: how to read it and how to evaluate on it.
 
+    ``eps`` is the default budget of the threat model (L∞, pixel units in [0, 1]);
     ``query_split``/``gallery_split`` name the evaluation sets; ``gallery_split=None`` means
     leave-one-out retrieval within the query set.
     """
@@ -158,17 +160,13 @@ class DatasetSpec:
     splits: tuple[str, ...]
     recall_ks: tuple[int, ...]
     eps: float
-    needs_root: bool
-    source: str
     query_split: str = "test"
     gallery_split: str | None = None
-    description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry = Registry("dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
+    """Register a dataset by its spec (a new reader file ends with ``register_dataset(DatasetSpec(...))``)."""
+    return DATASETS.register(spec)

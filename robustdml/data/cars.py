@@ -31,5 +31,4 @@ def read_cars(root, split: str = "train", train: bool = False, image_size: int =
 
 
 CARS = register_dataset(DatasetSpec(
-    name="cars", reader=read_cars, splits=("train", "test"), recall_ks=(1, 2, 4, 8), eps=8 / 255,
-    needs_root=True, source=SOURCE, description="CARS196; classes 1-98 train, 99-196 test"))
+    name="cars", reader=read_cars, splits=("train", "test"), recall_ks=(1, 2, 4, 8), eps=8 / 255))

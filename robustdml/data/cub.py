@@ -29,5 +29,4 @@ def read_cub(root, split: str = "train", train: bool = False, image_size: int = 
 
 
 CUB = register_dataset(DatasetSpec(
-    name="cub", reader=read_cub, splits=("train", "test"), recall_ks=(1, 2, 4, 8), eps=8 / 255,
-    needs_root=True, source=SOURCE, description="CUB-200-2011 birds; classes 1-100 train, 101-200 test"))
+    name="cub", reader=read_cub, splits=("train", "test"), recall_ks=(1, 2, 4, 8), eps=8 / 255))

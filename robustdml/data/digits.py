@@ -22,5 +22,4 @@ def read_digits(root=None, split: str = "train", train: bool = False, image_size
 
 DIGITS = register_dataset(DatasetSpec(
     name="digits", reader=read_digits, splits=("train", "test"), recall_ks=(1, 2, 4, 8),
-    eps=0.1, needs_root=False, source="built in, shipped with scikit-learn",
-    description="scikit-learn 8x8 digits; classes 0-4 train, 5-9 test"))
+    eps=0.1))

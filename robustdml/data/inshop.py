@@ -41,5 +41,4 @@ def read_inshop(root, split: str = "train", train: bool = False, image_size: int
 
 INSHOP = register_dataset(DatasetSpec(
     name="inshop", reader=read_inshop, splits=("train", "query", "gallery"), recall_ks=(1, 10, 20, 30, 40, 50),
-    eps=8 / 255, needs_root=True, source=SOURCE, query_split="query", gallery_split="gallery",
-    description="In-Shop Clothes; train / query / gallery, query against gallery"))
+    eps=8 / 255, query_split="query", gallery_split="gallery"))

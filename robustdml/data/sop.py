@@ -18,5 +18,4 @@ def read_sop(root, split: str = "train", train: bool = False, image_size: int = 
 
 
 SOP = register_dataset(DatasetSpec(
-    name="sop", reader=read_sop, splits=("train", "test"), recall_ks=(1, 10, 100, 1000), eps=8 / 255,
-    needs_root=True, source=SOURCE, description="Stanford Online Products; Ebay_train.txt / Ebay_test.txt"))
+    name="sop", reader=read_sop, splits=("train", "test"), recall_ks=(1, 10, 100, 1000), eps=8 / 255))

@@ -24,13 +24,15 @@ import numpy as np
 import torch
 import yaml
 
+from ..attacks import ThreatModel
 from ..data import dataset_spec, evaluation_sets
 from ..errors import ConfigError, RobustDMLError
-from ..evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+from ..evaluation.robust import AttackSuite, RobustResult, eps_key, evaluate_robustness
 from ..files import write_json, write_text
 from ..models import load_model
 from .config import TrainConfig, config_from_dict, read_yaml
-from .trainer import Trainer, resolve_device
+from .devices import resolve_device
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class BenchmarkConfig:
     per_dataset: dict = field(default_factory=dict)    # dataset -> TrainConfig keys (root, image_size, ...)
     per_backbone: dict = field(default_factory=dict)   # backbone -> TrainConfig keys (pretrained, ...)
     method_kwargs: dict = field(default_factory=dict)  # method -> its options
-    attack: dict = field(default_factory=dict)         # eps (list; default the dataset's), steps, restarts, norm, attacks
+    attack: dict = field(default_factory=dict)         # an AttackSuite: attacks, eps (default the dataset's), steps, ...
     surrogate: bool = True
     base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
 
@@ -67,6 +69,10 @@ class BenchmarkConfig:
             raise ConfigError(f"benchmark grid needs a non-empty list for {', '.join(missing)}")
         return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
 
+    def suite(self, cfg: TrainConfig) -> AttackSuite:
+        """The attack suite of a cell (its seed seeds the random starts)."""
+        return AttackSuite.from_dict(self.attack, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+
     def train_config(self, cell: dict) -> TrainConfig:
         data = {**self.train, **self.per_dataset.get(cell["dataset"], {}), **self.per_backbone.get(cell["backbone"], {}),
                 "dataset": cell["dataset"], "backbone": cell["backbone"], "method": cell["method"],
@@ -75,16 +81,12 @@ class BenchmarkConfig:
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
-    from .config import config_from_dict as _build
     path = Path(path)
-    cfg = _build(read_yaml(path, "benchmark config"), BenchmarkConfig)
+    cfg = config_from_dict(read_yaml(path, "benchmark config"), BenchmarkConfig)
     if cfg.base_config:
         cfg.train = {**read_yaml(path.parent / cfg.base_config, f"{path}: base_config"), **cfg.train}
-    unknown = set(cfg.attack) - {"eps", "steps", "restarts", "norm", "attacks", "batch_size"}
-    if unknown:
-        raise ConfigError(f"benchmark attack section: unknown key(s) {', '.join(sorted(unknown))}")
-    for cell in cfg.cells():  # validate every cell's training config before any work starts
-        cfg.train_config(cell)
+    for cell in cfg.cells():  # validate every cell's configs before any work starts
+        cfg.suite(cfg.train_config(cell))
     return cfg
 
 
@@ -148,46 +150,36 @@ class Benchmark:
 
     def run_cell(self, cell: dict) -> dict:
         cfg = self.cfg.train_config(cell)
-        cell_dir = self.out / "cells" / cell_name(cell)
-        run = cell_dir / "run"
+        run = self.out / "cells" / cell_name(cell) / "run"
         Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
 
         device = resolve_device(cfg.device)
-        spec = dataset_spec(cfg.dataset)
-        attack = self.cfg.attack
-        eps_values = [float(e) for e in attack.get("eps", [spec.eps])]
-        settings = AttackSettings(steps=attack.get("steps", 10), restarts=attack.get("restarts", 1),
-                                  norm=attack.get("norm", "linf"), seed=cfg.seed,
-                                  batch_size=attack.get("batch_size", cfg.eval_batch_size))
         surrogate_run = self.surrogate(cell)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
-        evaluator = RobustEvaluator(load_model(run, device=device), query, gallery, ks=spec.recall_ks, device=device,
-                                    settings=settings, surrogate=load_model(surrogate_run, device) if surrogate_run else None,
-                                    kmeans_seed=cfg.seed, kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
-        names = attack.get("attacks", "all")
-        from ..attacks import ATTACKS
-        names = list(ATTACKS) if names == "all" else list(names)
-        main_eps = spec.eps if spec.eps in eps_values else None
-        result = evaluator.run(eps_values, names, main_eps=main_eps)
-        result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(),
-                      main_eps_key=eps_key(result["settings"]["main_eps"]))
+        found = evaluate_robustness(
+            load_model(run, device=device), query, gallery, self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
+            ks=dataset_spec(cfg.dataset).recall_ks, device=device, kmeans_seed=cfg.seed,
+            surrogate=load_model(surrogate_run, device) if surrogate_run else None,
+            kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
+        result = found.to_dict()
+        result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(), main_eps_key=eps_key(found.main_eps))
         if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
-            result["tsne"] = tsne_points(evaluator, seed=cfg.seed)
+            result["tsne"] = tsne_points(found, seed=cfg.seed)
         return result
 
 
-def tsne_points(evaluator: RobustEvaluator, n: int = 400, seed: int = 0) -> dict:
+def tsne_points(found: RobustResult, n: int = 400, seed: int = 0) -> dict:
     """2-D t-SNE of the same test images, clean and under the attack with the worst NMI at the main eps."""
     from sklearn.manifold import TSNE
 
-    adv = evaluator.sample.embeddings
+    adv = found.sample.embeddings
     if adv is None:
         return {}
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(adv), min(n, len(adv)), replace=False))
-    both = np.concatenate([evaluator.clean_emb.numpy()[idx], adv.numpy()[idx]])
+    both = np.concatenate([found.clean_embeddings.numpy()[idx], adv.numpy()[idx]])
     xy = TSNE(2, init="pca", perplexity=30, random_state=seed).fit_transform(both)
-    return {"attack": evaluator.sample.attack, "eps": evaluator.sample.eps, "labels": evaluator.labels[idx].tolist(),
+    return {"attack": found.sample.attack, "eps": found.sample.eps, "labels": found.labels[idx].tolist(),
             "clean": xy[: len(idx)].round(3).tolist(), "adversarial": xy[len(idx):].round(3).tolist()}
 
 

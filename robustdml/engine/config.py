@@ -96,6 +96,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from ..attacks import ATTACKS
         from ..data import DATASETS
+        from ..evaluation.metrics import METRICS, is_metric
         from ..losses import LOSSES, _key
         from ..methods import METHODS
         from ..models import BACKBONES
@@ -124,10 +125,9 @@ class TrainConfig:
             (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (self.select_metric.removeprefix("robust_") in ("nmi", "f1", "ari", "map@r") or self.select_metric == "last"
-             or self.select_metric.removeprefix("robust_").startswith("recall@"),
-             f"select_metric must be last, nmi, f1, ari, map@r or recall@K (robust_ prefix for the robust "
-             f"validation metric), not '{self.select_metric}'"),
+            (is_metric(self.select_metric.removeprefix("robust_")) or self.select_metric == "last",
+             f"select_metric must be last or a metric ({', '.join(m for m in METRICS if m != 'recall@1')}, "
+             f"recall@K; robust_ prefix for the robust validation metric), not '{self.select_metric}'"),
             (not self.select_metric.startswith("robust_") or self.robust_eval,
              "a robust_ select_metric needs robust_eval: true"),
             (self.robust_eval_attack in ATTACKS and ATTACKS[self.robust_eval_attack].white_box,

@@ -16,29 +16,33 @@ import csv
 import io
 import logging
 import math
-import os
 import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..attacks import ThreatModel
 from ..data import (ClassBalancedBatchSampler, IndexedDataset, RandomBatchSampler, dataset_spec, evaluation_sets,
                     get_dataset)
 from ..errors import ConfigError, RobustDMLError
 from ..evaluation import embed, evaluate_embeddings
+from ..evaluation.robust import AttackSuite, eps_key, evaluate_robustness
 from ..files import write_json, write_text
 from ..losses import create_loss
-from ..methods import create_method
+from ..methods import TrainingSetup, create_method
 from ..models import create_model, save_model
-from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
-                          distributed_criterion, embed_sharded, gather_objects, init_distributed)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .devices import default_workers, resolve_device
+from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
+                          distributed_criterion, embed_sharded, gather_objects, init_distributed)
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +55,18 @@ class TrainingDiverged(RobustDMLError):
     """The loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
+@dataclass
+class TrainResult:
+    """What a run ends with. ``main`` is False on the processes of a multi-process run other than
+    rank 0, which only train (rank 0 evaluates, writes and reports)."""
 
+    best_epoch: int
+    select_metric: str
+    clean: dict[str, float] = field(default_factory=dict)
+    main: bool = True
 
-def default_workers(device: torch.device, world: int) -> int:
-    """Data-loading processes when the config leaves ``workers`` unset: none on a CPU (they would
-    compete with training for the cores), on a GPU enough to keep it fed (up to 8 per process)."""
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                      // world - 1))
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "main"}
 
 
 def seed_everything(seed: int) -> None:
@@ -75,6 +76,7 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """The learning-rate multiplier of ``epoch`` (0-based) under ``cfg.schedule``."""
     if cfg.schedule == "step":
         return cfg.lr_gamma ** (epoch // cfg.lr_step)
     if cfg.schedule == "cosine":
@@ -92,15 +94,30 @@ class Trainer:
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if resume and not self.checkpoint_path.exists():
             raise ConfigError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        self._init_process()
+        self._build_data()
+        self._build_model()
+        self._build_optimizer()
+        self.start_epoch, self.history = 0, []
+        self.best = {"metric": -math.inf, "epoch": -1}
+        if resume:
+            self._restore(load_checkpoint(self.checkpoint_path))
+
+    # --- building, in order ----------------------------------------------------------------------
+    def _init_process(self) -> None:
+        """Rank, device, seeds and data-loading processes."""
         self.rank, self.world, local_rank = init_distributed()
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(self.cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
         self.cuda = self.device.type == "cuda"
-        seed_everything(cfg.seed)
-        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.device, self.world)
+        seed_everything(self.cfg.seed)
+        self.workers = self.cfg.workers if self.cfg.workers is not None else default_workers(self.device, self.world)
 
+    def _build_data(self) -> None:
+        cfg = self.cfg
         self.spec = dataset_spec(cfg.dataset)
+        self.threat = ThreatModel.of(cfg.dataset)
         self.train_set = get_dataset(cfg.dataset, "train", cfg.root, train=True, image_size=cfg.image_size)
         self.query_set, self.gallery_set = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
         if cfg.samples_per_class:
@@ -112,19 +129,26 @@ class Trainer:
         self.loader = DataLoader(IndexedDataset(self.train_set), batch_sampler=self.sampler, num_workers=self.workers,
                                  pin_memory=self.cuda, persistent_workers=self.workers > 0)
 
+    def _build_model(self) -> None:
+        """The method, the model and the loss it trains; the method learns the run's facts."""
+        cfg = self.cfg
         in_channels = int(self.train_set[0][0].shape[0])
-        self.method = create_method(cfg.method, **self._method_kwargs())
+        self.method = create_method(cfg.method, **cfg.method_kwargs)
         self.model = self.method.build_model(lambda: create_model(
             cfg.backbone, pretrained=cfg.pretrained, embedding_dim=cfg.embedding_dim, in_channels=in_channels,
             mean=cfg.mean, std=cfg.std, freeze_bn=cfg.freeze_bn, backbone_kwargs=cfg.backbone_kwargs)).to(self.device)
         self.criterion = self.method.build_criterion(lambda: create_loss(
             cfg.loss, self.train_set.num_classes, cfg.embedding_dim, **cfg.loss_kwargs)).to(self.device)
-        self.method.setup(len(self.train_set), cfg.seed)
+        self.method.setup(TrainingSetup(num_samples=len(self.train_set), seed=cfg.seed, threat=self.threat))
         if self.cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the loss sees the global batch when several processes train together
         self.loss_fn = distributed_criterion(self.criterion) if self.world > 1 else self.criterion
 
+    def _build_optimizer(self) -> None:
+        """AdamW over backbone, head, the loss's own parameters (proxies, at ``proxy_lr_mult``) and
+        the method's groups; the learning-rate schedule."""
+        cfg = self.cfg
         head = {id(p) for p in self.model.head_parameters()}
         groups = [
             {"params": [p for p in self.model.parameters() if id(p) not in head], "lr": cfg.lr},
@@ -133,36 +157,27 @@ class Trainer:
         loss_params = list(self.criterion.parameters())
         if loss_params:
             groups.append({"params": loss_params, "lr": cfg.lr * cfg.proxy_lr_mult})
+        groups += self.method.param_groups(cfg.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
 
-        self.start_epoch, self.history = 0, []
-        self.best = {"metric": -math.inf, "epoch": -1}
-        if resume:
-            self._restore(load_checkpoint(self.checkpoint_path))
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimiser updates (model, loss, method)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _method_kwargs(self) -> dict:
-        """The configured method options, with the dataset's eps where the method takes one."""
-        import inspect
-        from ..methods import METHODS
-        kwargs = dict(self.cfg.method_kwargs)
-        cls = METHODS.get(self.cfg.method)
-        if cls is not None and "eps" in inspect.signature(cls.__init__).parameters:
-            kwargs.setdefault("eps", self.spec.eps)
-        return kwargs
-
-    # --- state -----------------------------------------------------------------------------------
+    # --- state ---------------------------------------------------------------------------------
     def _state(self, epoch: int, rngs: list[dict]) -> dict:
         """``rngs``: every rank's RNG state, in rank order (one entry in a single process)."""
         return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rngs[0], "rng_ranks": rngs, "best": dict(self.best), "history": list(self.history),
-                "config": self.cfg.to_dict()}
+                "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs, "best": dict(self.best),
+                "history": list(self.history), "config": self.cfg.to_dict()}
 
     def _restore(self, state: dict) -> None:
         try:
             self.model.load_state_dict(state["model"])
             self.criterion.load_state_dict(state["criterion"])
+            self.method.load_state_dict(state.get("method", {}))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as e:
@@ -175,7 +190,7 @@ class Trainer:
         self.start_epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
         log.info("resuming %s after epoch %d", self.out, self.start_epoch)
 
-    # --- loop ------------------------------------------------------------------------------------
+    # --- evaluation ------------------------------------------------------------------------------
     def embed_test(self):
         """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
         Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
@@ -200,25 +215,24 @@ class Trainer:
         return metrics
 
     def robust_validation(self) -> dict[str, float]:
-        """A cheap attack on a fixed subset of the test queries (leave-one-out retrieval)."""
-        from torch.utils.data import Subset
-
-        from ..evaluation.robust import AttackSettings, RobustEvaluator
+        """One cheap attack on a fixed, seeded subset of the test queries (leave-one-out retrieval)."""
         cfg = self.cfg
         if not hasattr(self, "_robust_subset"):
             n = len(self.query_set)
             chosen = np.random.default_rng(cfg.seed).choice(n, min(n, cfg.robust_eval_size), replace=False)
             self._robust_subset = Subset(self.query_set, sorted(chosen.tolist()))
-        settings = AttackSettings(steps=cfg.robust_eval_steps, batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        evaluator = RobustEvaluator(self.model, self._robust_subset, None, ks=self.spec.recall_ks, device=self.device,
-                                    settings=settings, kmeans_seed=cfg.seed, samples=0,
-                                    kmeans_restarts=cfg.kmeans_restarts)
-        eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.spec.eps
-        metrics, _ = evaluator.attack(settings.build(cfg.robust_eval_attack, eps))
-        return metrics
+        eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.threat.eps
+        suite = AttackSuite([cfg.robust_eval_attack], eps=[eps], steps=cfg.robust_eval_steps,
+                            batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        result = evaluate_robustness(self.model, self._robust_subset, None, suite, threat=self.threat,
+                                     ks=self.spec.recall_ks, device=self.device, kmeans_seed=cfg.seed,
+                                     kmeans_restarts=cfg.kmeans_restarts, checks=False, samples=0)
+        return result.attacks[cfg.robust_eval_attack][eps_key(eps)]
 
+    # --- loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
+        self.method.on_epoch_start(epoch)
         warm = epoch < cfg.warmup_epochs
         head = {id(p) for p in self.model.head_parameters()}
         for p in self.model.parameters():
@@ -231,22 +245,7 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if self.progress and self.rank == 0 else True)
         for step, (images, labels, index) in enumerate(bar, 1):
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            if self.cuda and cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
-                loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.world > 1:
-                average_gradients(list(self.model.parameters()) + list(self.criterion.parameters()))
-                average_buffers([self.model, self.criterion])
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            if self.world > 1 and cfg.check_sync:
-                assert_in_sync([self.model, self.criterion])
-            total += loss.detach()
+            total += self.train_step(images, labels, index)
             if step % SYNC_EVERY == 0 or step == steps:
                 value = total.item()  # NaN or inf once any step's loss was
                 if not math.isfinite(value):
@@ -258,53 +257,88 @@ class Trainer:
         self.scheduler.step()
         return total.item() / max(steps, 1)
 
-    def fit(self) -> dict:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on one batch; returns the loss (on the device, detached)."""
         cfg = self.cfg
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if self.cuda and cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
+            loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            average_gradients(self.trained_parameters())
+            average_buffers([self.model, self.criterion])
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if self.world > 1 and cfg.check_sync:
+            assert_in_sync([self.model, self.criterion])
+        return loss.detach()
+
+    def fit(self) -> TrainResult:
+        """Train the remaining epochs; rank 0 evaluates, keeps the best model, logs and checkpoints."""
         main = self.rank == 0  # one process evaluates and writes; the others only train
+        with self._writer(main) as writer:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self.run_epoch(epoch, main, writer)
+        result = TrainResult(self.best["epoch"], self.cfg.select_metric, self.best.get("metrics", {}), main=main)
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.out / "tb"))
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                loss = self.train_epoch(epoch)
-                evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-                embeddings = self.embed_test() if evaluating else None  # every rank embeds a slice
-                if not main:
-                    gather_objects(rng_state())  # to rank 0's checkpoint of this epoch
-                    barrier()  # wait until it is written
-                    continue
-                row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-                if evaluating:
-                    metrics = self.evaluate(embeddings)
-                    row.update(metrics)
-                    if cfg.select_metric != "last" and cfg.select_metric not in metrics:
-                        raise ConfigError(f"select_metric '{cfg.select_metric}' is not computed for {cfg.dataset}; "
-                                          f"choose from {', '.join(metrics)}")
-                    score = float(epoch) if cfg.select_metric == "last" else metrics[cfg.select_metric]
-                    if score > self.best["metric"]:
-                        self.best = {"metric": score, "epoch": epoch + 1, "metrics": metrics}
-                        save_model(self.model, self.out / "best", extra={"epoch": epoch + 1, "metrics": metrics})
-                for key, value in row.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, value, epoch + 1)
-                self.history.append(row)
-                save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
-                save_checkpoint(self.checkpoint_path, self._state(epoch + 1, gather_objects(rng_state())))
-                self._write_log()
-                barrier()
-                log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
-                         "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr")))
-        finally:
-            if main:
-                writer.close()
-        if not main:
-            return {"best_epoch": -1, "select_metric": cfg.select_metric, "clean": {}}
-        result = {"best_epoch": self.best["epoch"], "select_metric": cfg.select_metric,
-                  "clean": self.best.get("metrics", {})}
-        write_json(self.out / "metrics.json", result)
+            write_json(self.out / "metrics.json", result.to_dict())
         return result
+
+    def run_epoch(self, epoch: int, main: bool, writer) -> None:
+        """Train one epoch, then the end-of-epoch sync every rank goes through in the same order:
+        embed (sharded), evaluate (rank 0), gather every rank's RNG state, write (rank 0), barrier."""
+        loss = self.train_epoch(epoch)
+        evaluating = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+        embeddings = self.embed_test() if evaluating else None  # every rank embeds a slice
+        row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        if main and evaluating:
+            row.update(self._select(epoch, self.evaluate(embeddings)))
+        rngs = gather_objects(rng_state())  # after evaluating: it draws from the generators too
+        if main:
+            self._record(epoch, row, rngs, writer)
+        barrier()  # the other ranks wait until rank 0's checkpoint of this epoch is written
+
+    def _select(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Keep the model if it is the best so far by ``select_metric``; returns ``metrics``."""
+        cfg = self.cfg
+        if cfg.select_metric != "last" and cfg.select_metric not in metrics:
+            raise ConfigError(f"select_metric '{cfg.select_metric}' is not computed for {cfg.dataset}; "
+                              f"choose from {', '.join(metrics)}")
+        score = float(epoch) if cfg.select_metric == "last" else metrics[cfg.select_metric]
+        if score > self.best["metric"]:
+            self.best = {"metric": score, "epoch": epoch + 1, "metrics": metrics}
+            save_model(self.model, self.out / "best", extra={"epoch": epoch + 1, "metrics": metrics})
+        return metrics
+
+    def _record(self, epoch: int, row: dict, rngs: list[dict], writer) -> None:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, epoch + 1)
+        self.history.append(row)
+        save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
+        save_checkpoint(self.checkpoint_path, self._state(epoch + 1, rngs))
+        self._write_log()
+        log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs,
+                 "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr")))
+
+    @contextmanager
+    def _writer(self, main: bool):
+        """Rank 0's TensorBoard writer (the config is written beside it); ``None`` on the other ranks."""
+        if not main:
+            yield None
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(self.out / "tb"))
+        try:
+            yield writer
+        finally:
+            writer.close()
 
     def _write_log(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -315,6 +349,6 @@ class Trainer:
         write_text(self.out / "log.csv", buf.getvalue())
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train a model as ``cfg`` says, in ``out_dir``. Returns the best epoch's metrics."""
     return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()

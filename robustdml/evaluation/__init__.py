@@ -12,9 +12,8 @@ from torch import nn
 
 from ..data import dataset_spec, evaluation_sets
 from .embed import embed
-from .metrics import ari, clustering_metrics, kmeans, nmi, pairwise_f1, retrieval_metrics
-
-METRIC_ORDER = ("nmi", "f1", "ari")
+from .metrics import (METRICS, Metric, MetricKind, ari, clustering_metrics, kmeans, metric_names, nmi, pairwise_f1,
+                      register_metric, retrieval_metrics)
 
 
 def evaluate_embeddings(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.Tensor | None = None,
@@ -43,4 +42,4 @@ def evaluate_model(model: nn.Module, dataset: str, root=None, device: str | torc
 
 
 __all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clustering_metrics", "retrieval_metrics",
-           "kmeans", "nmi", "ari", "pairwise_f1"]
+           "kmeans", "nmi", "ari", "pairwise_f1", "METRICS", "Metric", "MetricKind", "metric_names", "register_metric"]

@@ -5,15 +5,26 @@ Clustering: k-means (faiss) with k = number of classes, then NMI (arithmetic nor
 Retrieval*, §16.3: pairs of samples put in one cluster vs. pairs of one class).
 Retrieval: Recall@K and MAP@R (Musgrave et al., "A Metric Learning Reality Check", arXiv 2003.08505),
 computed with faiss exact search in chunks of queries, so no N x N similarity matrix is ever built.
+
+Every metric is an entry of ``METRICS``: its name, how it is computed, which way is better and
+where it is shown (summary tables, plots, honest-evaluation checks, report curves). Config
+validation, the robust evaluation's worst case, the checks, tables and plots all read it.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
 
 import faiss
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
+
+from ..registry import Registry
 
 # Similarity rows per chunk are sized so one chunk of float32 similarities is at most this big.
 CHUNK_BYTES = 256 * 2**20
@@ -55,10 +66,72 @@ def pairwise_f1(labels, clusters) -> float:
     return float(2 * precision * recall / (precision + recall))
 
 
+class MetricKind(str, Enum):
+    CLUSTERING = "clustering"  # compute(labels, clusters) -> float, on the k-means assignments
+    RETRIEVAL = "retrieval"    # computed by the chunked kNN search (Recall@K, MAP@R)
+
+
+#: Where a metric appears: summary tables (benchmark, README), metric-vs-eps plots of `attack`,
+#: the honest-evaluation checks, and the report's worst-case curves.
+SHOWN_IN = frozenset({"summary", "plot", "check", "curve"})
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric. ``compute`` is set for clustering metrics: ``(labels, clusters) -> float``."""
+
+    name: str
+    kind: MetricKind
+    compute: Callable | None = None
+    higher_is_better: bool = True
+    shown_in: frozenset = frozenset()
+
+    def __post_init__(self):
+        if not set(self.shown_in) <= SHOWN_IN:
+            raise ValueError(f"metric {self.name}: shown_in must be a subset of {sorted(SHOWN_IN)}")
+        if self.kind is MetricKind.CLUSTERING and self.compute is None:
+            raise ValueError(f"clustering metric {self.name} needs compute(labels, clusters)")
+
+
+METRICS: Registry = Registry("metric")
+register_metric = METRICS.register
+_RECALL = re.compile(r"recall@[1-9][0-9]*")
+
+register_metric(Metric("nmi", MetricKind.CLUSTERING, nmi, shown_in=frozenset(SHOWN_IN)))
+register_metric(Metric("f1", MetricKind.CLUSTERING, pairwise_f1, shown_in=frozenset({"summary", "plot"})))
+register_metric(Metric("ari", MetricKind.CLUSTERING, ari, shown_in=frozenset({"summary", "plot"})))
+# Recall@K for every K of the dataset; the entry stands for the family, recall@1 is the one shown.
+register_metric(Metric("recall@1", MetricKind.RETRIEVAL, shown_in=frozenset(SHOWN_IN)))
+register_metric(Metric("map@r", MetricKind.RETRIEVAL))
+
+
+def metric_info(name: str) -> Metric:
+    """The registry entry of ``name`` (any ``recall@K`` resolves to the Recall@K family)."""
+    if name in METRICS:
+        return METRICS[name]
+    if _RECALL.fullmatch(name):
+        return METRICS["recall@1"]
+    return METRICS.lookup(name)
+
+
+def is_metric(name: str) -> bool:
+    return name in METRICS or bool(_RECALL.fullmatch(name))
+
+
+def metric_names(shown_in: str) -> tuple[str, ...]:
+    """Names of the metrics shown in ``shown_in`` (one of ``SHOWN_IN``), in registration order."""
+    return tuple(name for name, m in METRICS.items() if shown_in in m.shown_in)
+
+
+def worse(name: str, a: float, b: float) -> bool:
+    """Whether ``a`` is worse for the defender than ``b`` on metric ``name``."""
+    return a < b if metric_info(name).higher_is_better else a > b
+
+
 def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, restarts: int = 5) -> dict:
-    """k-means with k = number of classes, then NMI, pairwise F1 and ARI."""
+    """k-means with k = number of classes, then every registered clustering metric (NMI, pairwise F1, ARI, ...)."""
     clusters, _ = kmeans(embeddings, int(len(np.unique(labels))), seed=seed, restarts=restarts)
-    return {"nmi": nmi(labels, clusters), "f1": pairwise_f1(labels, clusters), "ari": ari(labels, clusters)}
+    return {name: float(m.compute(labels, clusters)) for name, m in METRICS.items() if m.kind is MetricKind.CLUSTERING}
 
 
 def retrieval_metrics(query: torch.Tensor, query_labels, gallery: torch.Tensor | None = None,

@@ -1,7 +1,7 @@
-"""Training methods, each a small object returning the loss of a batch (see DESIGN §4):
-``standard``, ``pgd-at``, ``trades``, ``mixup``, ``eat``."""
+"""Training methods, each a small object returning the loss of a batch (docs/design.md, "Training
+methods"): ``standard``, ``pgd-at``, ``trades``, ``mixup``, ``eat``."""
 
-from . import adversarial, eat, mixup, standard  # noqa: F401  (registers)
-from .base import METHODS, TrainingMethod, create_method, register_method
+from . import standard, adversarial, mixup, eat  # noqa: F401,I001  (registers, in the order tables show them)
+from .base import METHODS, TrainingMethod, TrainingSetup, create_method, register_method
 
-__all__ = ["METHODS", "TrainingMethod", "create_method", "register_method"]
+__all__ = ["METHODS", "TrainingMethod", "TrainingSetup", "create_method", "register_method"]

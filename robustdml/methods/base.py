@@ -1,15 +1,31 @@
-"""The training-method interface: given the model, the loss and a batch, return the loss to minimise."""
+"""The training-method interface: given the model, the loss and a batch, return the loss to minimise.
+
+A method is a small object with explicit hooks for what some methods need beyond the loss: the
+model and loss modules it trains (an ensemble, say), its own trainable parameters, per-epoch
+schedules and state that must survive ``--resume``. Adding a method is one file with a class
+decorated by ``@register_method``, imported in ``methods/__init__.py``.
+"""
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..attacks import ThreatModel
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the training run tells a method once, before the first batch."""
+
+    num_samples: int       # training-set size (indices in a batch are positions in it)
+    seed: int
+    threat: ThreatModel    # the dataset's threat model: the default budget of a training adversary
 
 
 class TrainingMethod(ABC):
@@ -29,8 +45,22 @@ class TrainingMethod(ABC):
         """The loss module(s) this method trains with."""
         return make_criterion()
 
-    def setup(self, num_samples: int, seed: int) -> None:
-        """Called once with the training-set size, before the first batch."""
+    def setup(self, run: TrainingSetup) -> None:
+        """Called once before the first batch (and again on ``--resume``, before state is restored)."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups for the method's own trainable parameters (beyond the model's and the loss's)."""
+        return []
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (0-based), e.g. for a schedule of the method's own."""
+
+    def state_dict(self) -> dict:
+        """State saved in every checkpoint and given back on ``--resume`` (tensors and plain data only)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
     @abstractmethod
     def loss(self, model: nn.Module, criterion: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -38,21 +68,10 @@ class TrainingMethod(ABC):
         ...
 
 
-METHODS: dict[str, type[TrainingMethod]] = {}
+METHODS: Registry = Registry("method")
+register_method = METHODS.register
 
 
-def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def create_method(name: str, **kwargs) -> TrainingMethod:
-    cls = METHODS.get(name)
-    if cls is None:
-        raise ConfigError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise ConfigError(f"method '{name}' takes no option(s) {', '.join(sorted(unknown))}"
-                          + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
-    return cls(**kwargs)
+def create_method(name: str, **options) -> TrainingMethod:
+    """The method ``name``; ``options`` are checked against its constructor."""
+    return METHODS.create(name, **options)

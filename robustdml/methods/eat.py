@@ -22,8 +22,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import EnsembleNet
-from .adversarial import OBJECTIVES, _TrainingAttack
-from .base import TrainingMethod, register_method
+from .adversarial import AdversarialMethod, TrainingAttack
+from .base import TrainingSetup, register_method
 
 SPLITS = ("random", "none")
 TRANSFERS = ("ensemble", "self")
@@ -48,7 +48,7 @@ class _EnsembleLoss(nn.ModuleList):
 
 
 @register_method
-class EAT(TrainingMethod):
+class EAT(AdversarialMethod):
     """Ensemble Adversarial Training.
 
     Args:
@@ -66,8 +66,8 @@ class EAT(TrainingMethod):
     name = "eat"
 
     def __init__(self, members: int = 3, parts_per_member: int | None = None, split: str = "random",
-                 transfer: str = "ensemble", combine: str = "mean", eps: float = 8 / 255, steps: int = 10,
-                 step_size: float | None = None, objective: str = "displacement", norm: str = "linf"):
+                 transfer: str = "ensemble", combine: str = "mean", eps: float | None = None, steps: int = 10,
+                 step_size: float | None = None, objective: str = "displacement", norm: str | None = None):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -79,11 +79,9 @@ class EAT(TrainingMethod):
             raise ConfigError(f"transfer must be one of {', '.join(TRANSFERS)}, not '{transfer}'")
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
         self.members, self.parts_per_member = int(members), int(ppm)
         self.split, self.transfer, self.combine = split, transfer, combine
-        self.adversary = _TrainingAttack(eps, steps, step_size, objective, norm)
+        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm)
         self.part_of: torch.Tensor | None = None
         self.parts = member_parts(self.members, self.parts_per_member)
 
@@ -93,8 +91,9 @@ class EAT(TrainingMethod):
     def build_criterion(self, make_criterion):
         return _EnsembleLoss([make_criterion() for _ in range(self.members)])
 
-    def setup(self, num_samples: int, seed: int) -> None:
-        self.part_of = torch.from_numpy(partition(num_samples, self.members, seed))
+    def setup(self, run: TrainingSetup) -> None:
+        super().setup(run)
+        self.part_of = torch.from_numpy(partition(run.num_samples, self.members, run.seed))
 
     def masks(self, index: torch.Tensor) -> list[torch.Tensor]:
         """Which samples of the batch each member trains on."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
 from torch import nn
 
 from ..errors import ConfigError, ModelFileError
+from ..registry import Registry
 from .bninception import BNInception, load_bninception_weights
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,12 @@ class Backbone:
     caffe_input: bool = False  # BGR, [0, 255]: the Caffe-trained BN-Inception's input space
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {}
+BACKBONES: Registry = Registry("backbone")
 
 
 def register_backbone(name: str):
-    def wrap(fn):
-        BACKBONES[name] = fn
-        return fn
-    return wrap
+    """Decorator registering a function ``(pretrained, in_channels, **options) -> Backbone`` as ``name``."""
+    return BACKBONES.register(name=name)
 
 
 def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -10,13 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import atomic_path  # noqa: E402
 
-PLOT_METRICS = ("nmi", "f1", "ari", "recall@1")
 
-
-def plot_metrics_vs_eps(result: dict, path: str | Path, metrics=PLOT_METRICS) -> Path:
-    """One panel per metric; a line per attack and a dashed line for the worst case; clean at eps 0."""
+def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...] | None = None) -> Path:
+    """One panel per metric (default: those registered for plots); a line per attack and a dashed
+    line for the worst case; clean at eps 0."""
+    metrics = metrics or metric_names("plot")
     eps_keys = list(result["worst"])
     eps = [float(k) for k in eps_keys]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,11 +19,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import write_text  # noqa: E402
+from ..methods import METHODS  # noqa: E402
 from .plots import _save  # noqa: E402
 from .summary import summarize  # noqa: E402
 
-METHOD_ORDER = ("standard", "pgd-at", "trades", "mixup", "eat")
+CHECKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+CHECKS_SECTION = "honest-evaluation-checks"
+
+
+def _design_link(out_dir: Path) -> str:
+    """A link from the report to the checks' section of docs/design.md (relative, so it works in a
+    checkout; the plain path where the docs are not beside the package)."""
+    if CHECKS_DOC.is_file():
+        return f"[docs/design.md]({os.path.relpath(CHECKS_DOC, out_dir.resolve())}#{CHECKS_SECTION})"
+    return f"docs/design.md, section {CHECKS_SECTION}"
 
 
 def load_cells(out_dir: str | Path) -> list[dict]:
@@ -35,7 +48,9 @@ def load_cells(out_dir: str | Path) -> list[dict]:
 
 
 def _ordered(methods):
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    """Methods in registration order (standard first), unknown names last."""
+    order = list(METHODS)
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def group_tables(cells: list[dict]) -> dict[tuple[str, str], dict]:
@@ -62,8 +77,10 @@ def _table_md(rows: dict) -> str:
 
 
 def _curves(group: dict, path: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric in zip(axes, ("nmi", "recall@1")):
+    metrics = metric_names("curve")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    axes = axes[0]
+    for ax, metric in zip(axes, metrics):
         for method, runs in group["runs"].items():
             keys = list(runs[0]["worst"])
             eps = [0.0] + [float(k) for k in keys]
@@ -80,7 +97,7 @@ def _curves(group: dict, path: Path) -> Path:
 
 
 def _tsne(group: dict, path: Path) -> Path | None:
-    panels = [(m, r["tsne"]) for m in ("standard", "eat") for r in group["runs"].get(m, []) if r.get("tsne")]
+    panels = [(m, r["tsne"]) for m, runs in group["runs"].items() for r in runs if r.get("tsne")]
     if not panels:
         return None
     fig, axes = plt.subplots(1, 2 * len(panels), figsize=(4 * 2 * len(panels), 3.8), squeeze=False)
@@ -97,12 +114,12 @@ def _tsne(group: dict, path: Path) -> Path | None:
 
 
 def _checks_md(group: dict) -> str:
-    lines = ["| method | seed | " + " | ".join(["beats_noise", "monotone_in_eps", "more_steps", "more_restarts",
-                                                 "transfer_not_stronger"]) + " |", "|---|---|" + "---|" * 5]
+    names = list(dict.fromkeys(c for runs in group["runs"].values() for r in runs for c in r.get("checks", {})))
+    lines = ["| method | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for method, runs in group["runs"].items():
         for r in runs:
-            states = [{True: "passed", False: "**FAILED**", None: "skipped"}[r["checks"].get(c, {}).get("passed")]
-                      for c in ("beats_noise", "monotone_in_eps", "more_steps", "more_restarts", "transfer_not_stronger")]
+            states = [{True: "passed", False: "**FAILED**", None: "skipped"}[r.get("checks", {}).get(c, {}).get("passed")]
+                      for c in names]
             lines.append(f"| {method} | {r['cell']['seed']} | " + " | ".join(states) + " |")
     return "\n".join(lines)
 
@@ -126,7 +143,8 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
         if tsne:
             sections.append(("md", "t-SNE of the same test images, clean and adversarial:\n"))
             sections.append(("img", str(tsne)))
-        sections.append(("md", "Honest-evaluation checks (DESIGN §2):\n\n" + _checks_md(group) + "\n"))
+        sections.append(("md", f"Honest-evaluation checks (what each means: {_design_link(out_dir)}):\n\n"
+                               + _checks_md(group) + "\n"))
     failed = [c for c in cells if c.get("status") == "failed"]
     if failed:
         sections.append(("md", "## Failed cells\n\n" + "\n".join(
@@ -166,7 +184,8 @@ def _md_to_html(text: str) -> str:
         parts = s.split("`")
         s = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
         parts = s.split("**")
-        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+        s = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+        return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', s)
 
     def flush():
         if rows:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import statistics
 
-SUMMARY_METRICS = ("nmi", "f1", "ari", "recall@1")
+from ..evaluation.metrics import metric_names
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(results: dict[str, list[dict]], eps_key: str, metrics=SUMMARY_METRICS) -> dict[str, dict]:
+def summarize(results: dict[str, list[dict]], eps_key: str, metrics: tuple[str, ...] | None = None) -> dict[str, dict]:
     """``results``: label -> robust-evaluation results (one per seed). Returns label -> column ->
-    (mean, std, n) for ``clean <metric>`` and ``adv <metric>`` (the worst case at ``eps_key``)."""
+    (mean, std, n) for ``clean <metric>`` and ``adv <metric>`` (the worst case at ``eps_key``), for
+    the metrics shown in summaries (default)."""
+    metrics = metrics or metric_names("summary")
     table = {}
     for label, runs in results.items():
         row = {}
@@ -23,11 +25,3 @@ def summarize(results: dict[str, list[dict]], eps_key: str, metrics=SUMMARY_METR
             row[f"adv {m}"] = (*mean_std([r["worst"][eps_key][m] for r in runs]), len(runs))
         table[label] = row
     return table
-
-
-def summary_markdown(table: dict[str, dict], label: str = "method") -> str:
-    columns = list(next(iter(table.values())))
-    lines = ["| " + " | ".join([label] + columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for name, row in table.items():
-        lines.append("| " + " | ".join([name] + [f"{m:.3f} ± {s:.3f}" for m, s, _ in row.values()]) + " |")
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustdml.attacks import ATTACKS, Norm, create_attack
+from robustdml.attacks import ATTACKS, AttackContext, Norm, create_attack
 from robustdml.data import get_dataset
 from robustdml.errors import ConfigError
 from robustdml.models import EnsembleNet, create_model
@@ -29,14 +29,13 @@ def _context(model, x, y):
         emb = model.eval()(x)
     model.train(was_training)
     centroids = F.normalize(torch.randn(5, emb.shape[1], generator=torch.Generator().manual_seed(0)), dim=1)
-    return {"centroids": centroids, "assignments": (emb @ centroids.T).argmax(1), "gallery": emb,
-            "gallery_labels": y, "labels": y, "self_index": torch.arange(len(x)), "surrogate": _model(7).eval()}
+    return AttackContext(centroids=centroids, assignments=(emb @ centroids.T).argmax(1), gallery=emb,
+                         gallery_labels=y, labels=y, self_index=torch.arange(len(x)), surrogate=_model(7).eval())
 
 
 def _run(name, norm, model, x, y, **kw):
     attack = create_attack(name, EPS[norm], steps=5, norm=norm, **kw)
-    ctx = _context(model, x, y)
-    return attack(model, x, **{k: ctx[k] for k in attack.needs})
+    return attack(model, x, _context(model, x, y))
 
 
 @pytest.mark.parametrize("norm", list(Norm))
@@ -64,10 +63,9 @@ def test_white_box_attacks_raise_their_objective(name, batch):
     model = _model().eval()
     attack = create_attack(name, 0.1, steps=10)
     ctx = _context(model, x, y)
-    needed = {k: ctx[k] for k in attack.needs}
-    x_adv = attack(model, x, **needed)
+    x_adv = attack(model, x, ctx)
     with torch.no_grad():
-        prepared = attack.prepare(model, x, dict(needed))
+        prepared = attack.prepare(model, x, ctx)
         before = attack.objective(model(x), prepared).mean()
         after = attack.objective(model(x_adv), prepared).mean()
     assert after > before + 1e-3

@@ -81,3 +81,12 @@ def test_attack_missing_or_corrupt_model(tmp_path, digits_run):
     (broken / "model.safetensors").write_bytes(b"\x00" * 16)
     proc = run_cli("attack", str(broken), "--dataset", "digits")
     assert proc.returncode == 2 and "safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_unavailable_device_is_one_line(tmp_path, digits_run, command):
+    run, _ = digits_run
+    proc = run_cli(command, str(run), "--dataset", "digits", "--device", "cuda")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "CUDA is not available" in proc.stderr.strip().splitlines()[-1]

@@ -18,7 +18,7 @@ def test_training_writes_the_run_directory(tmp_path):
         assert (run / name).is_file(), name
     assert list((run / "tb").iterdir())
     assert len((run / "log.csv").read_text().strip().splitlines()) == 1 + FAST["epochs"]
-    assert set(result["clean"]) >= {"nmi", "f1", "ari", "recall@1", "map@r"}
+    assert set(result.clean) >= {"nmi", "f1", "ari", "recall@1", "map@r"}
     model = robustdml.load_model(run)
     emb = model(torch.rand(3, 1, 8, 8))
     assert emb.shape == (3, 16)
@@ -73,5 +73,5 @@ def test_bad_config_values(data, match):
 
 def test_default_digits_config_reaches_the_floor(digits_run):
     _, result = digits_run
-    assert result["clean"]["recall@1"] >= 0.85
-    assert result["clean"]["nmi"] >= 0.30
+    assert result.clean["recall@1"] >= 0.85
+    assert result.clean["nmi"] >= 0.30

@@ -6,8 +6,9 @@ import pytest
 
 import robustdml
 from robustdml.cli.main import main
-from robustdml.data import dataset_spec, evaluation_sets
-from robustdml.evaluation.robust import AttackSettings, RobustEvaluator, eps_key
+from robustdml.attacks import ThreatModel
+from robustdml.data import evaluation_sets
+from robustdml.evaluation.robust import AttackSuite, eps_key, evaluate_robustness
 
 EPS = [0.05, 0.1, 0.15, 0.2]
 
@@ -16,9 +17,11 @@ EPS = [0.05, 0.1, 0.15, 0.2]
 def suite(digits_run):
     run, _ = digits_run
     query, gallery = evaluation_sets("digits")
-    evaluator = RobustEvaluator(robustdml.load_model(run), query, gallery, ks=(1, 2, 4, 8), settings=AttackSettings())
-    default = dataset_spec("digits").eps
-    return evaluator.run(EPS, ["displacement", "centroid", "retrieval", "noise"], main_eps=default), default
+    threat = ThreatModel.of("digits")
+    found = evaluate_robustness(robustdml.load_model(run), query, gallery,
+                                AttackSuite(["displacement", "centroid", "retrieval", "noise"], eps=EPS), threat=threat)
+    assert found.main_eps == threat.eps
+    return found.to_dict(), threat.eps
 
 
 def test_default_eps_halves_nmi_and_lowers_recall(suite):

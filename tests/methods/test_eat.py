@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import robustdml
+from robustdml.attacks import ThreatModel
 from robustdml.data import get_dataset
 from robustdml.engine import config_from_dict, train
 from robustdml.errors import ConfigError
 from robustdml.losses import create_loss
-from robustdml.methods import create_method
+from robustdml.methods import TrainingSetup, create_method
 from robustdml.methods.eat import member_parts, partition
 from robustdml.models import EnsembleNet, create_model
 
@@ -37,7 +38,7 @@ def _setup(transfer="ensemble", split="random", members=3, objective="displaceme
     torch.manual_seed(0)
     model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
     criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
-    method.setup(60, seed=0)
+    method.setup(TrainingSetup(num_samples=60, seed=0, threat=ThreatModel(0.1)))
     ds = get_dataset("digits", "train")
     x, y = ds.images[:30].clone(), torch.as_tensor(ds.labels[:30])
     return method, model, criterion, x, y, torch.arange(30)

@@ -77,7 +77,7 @@ def test_each_method_trains_on_digits(method, tmp_path):
                             "method_kwargs": {"steps": 2} if method in ("pgd-at", "trades", "eat") else {},
                             "robust_eval_size": 64, "robust_eval_steps": 2, "select_metric": "robust_nmi"})
     result = train(cfg, tmp_path / method, progress=False)
-    assert 0 <= result["clean"]["nmi"] <= 1 and "robust_nmi" in result["clean"]
+    assert 0 <= result.clean["nmi"] <= 1 and "robust_nmi" in result.clean
 
 
 def _fixture_step(method, dataset, backbone, tmp_path):
@@ -89,7 +89,7 @@ def _fixture_step(method, dataset, backbone, tmp_path):
         "method_kwargs": {"steps": 1} if method in ("pgd-at", "trades", "eat") else {}})
     result = train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
-    assert set(result["clean"]) >= {"nmi", "f1", "ari", "recall@1", "map@r"}
+    assert set(result.clean) >= {"nmi", "f1", "ari", "recall@1", "map@r"}
 
 
 FIXTURE_DATASETS = ["cub", "cars", "sop", "inshop"]

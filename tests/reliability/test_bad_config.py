@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robustdml.cli.main import main
-from robustdml.engine import Trainer, TrainConfig
+from robustdml.engine import Trainer, TrainConfig, TrainResult
 from robustdml.engine.config import config_from_dict
 
 
@@ -69,7 +69,7 @@ def test_train_never_tracebacks(monkeypatch_fit, pairs):
 def monkeypatch_fit():
     """Stand-in for the training loop: validation and set-up run for real, the epochs do not."""
     original = Trainer.fit
-    Trainer.fit = lambda self: {"best_epoch": 0, "select_metric": self.cfg.select_metric, "clean": {}}
+    Trainer.fit = lambda self: TrainResult(0, self.cfg.select_metric, {})
     yield
     Trainer.fit = original
 

@@ -1,0 +1,76 @@
+"""The honest-evaluation checks (docs/design.md, "Honest-evaluation checks"), as plain functions of
+the figures an evaluation produced, so each can be shown to fail on constructed data.
+
+Each returns ``{"passed": True | False | None, ...details}``; ``None`` means the check could not run.
+``results`` is attack -> eps key -> metric -> value, as in :class:`~robustdml.evaluation.robust.RobustResult`.
+"""
+
+from __future__ import annotations
+
+from .metrics import metric_info, metric_names, worse
+
+TOLERANCE = 0.02  # how far a worst-case metric may move the "wrong" way before a check fails
+
+
+def _toward_defender(metric: str, after: float, before: float) -> float:
+    """How much ``after`` is better for the defender than ``before`` (positive: the metric moved the wrong way)."""
+    return after - before if metric_info(metric).higher_is_better else before - after
+
+
+def beats_noise(results: dict, eps_keys: list[str], targets: dict[str, tuple[str, ...]]) -> dict:
+    """Every white-box attack (``targets``: attack -> the metrics it is built to lower) does more
+    damage than uniform noise of the same eps on its target metrics. eps 0 is exempt."""
+    check_metrics = metric_names("check")
+    failures, details = [], {}
+    for k in eps_keys:
+        noise = results["noise"][k]
+        for attack, metrics in targets.items():
+            m = results[attack][k]
+            details.setdefault(k, {})[attack] = {c: m[c] for c in check_metrics}
+            if float(k) > 0 and not all(worse(c, m[c], noise[c]) for c in metrics):
+                failures.append(f"{attack}@{k}")
+        details[k]["noise"] = {c: noise[c] for c in check_metrics}
+    return {"passed": not failures, "failures": failures, "figures": details,
+            "rule": "each white-box attack lowers its target metric (NMI for clustering attacks, R@1 for the "
+                    "retrieval attack) below uniform noise's"}
+
+
+def monotone_in_eps(worst: dict, eps_keys: list[str], tolerance: float = TOLERANCE) -> dict:
+    """The worst case does not get better for the defender as eps grows (``eps_keys`` ascending)."""
+    if len(eps_keys) < 2:
+        return {"passed": None, "note": "needs at least two eps values"}
+    rises = {}
+    for metric in worst[eps_keys[0]]:
+        series = [worst[k][metric] for k in eps_keys]
+        floor = series[0]  # the value worst for the defender at any smaller eps
+        rise = 0.0
+        for value in series[1:]:
+            rise = max(rise, _toward_defender(metric, value, floor))
+            floor = value if worse(metric, value, floor) else floor
+        rises[metric] = rise
+    return {"passed": all(r <= tolerance for r in rises.values()), "max_rise": rises, "tolerance": tolerance}
+
+
+def not_weaker_when_stronger(base: dict, stronger: dict, tolerance: float = TOLERANCE, **what) -> dict:
+    """A stronger run of the white-box attacks (more steps, more restarts) must not give a worst
+    case better for the defender than the suite's by more than ``tolerance``; ``what`` is recorded."""
+    change = {m: stronger[m] - base[m] for m in base}
+    moved = {m: _toward_defender(m, stronger[m], base[m]) for m in base}
+    return {"passed": all(d <= tolerance for d in moved.values()), **what, "worst": stronger, "change": change,
+            "tolerance": tolerance,
+            "rule": "worst case with the stronger attack minus the suite's worst case <= tolerance"}
+
+
+def transfer_not_stronger(results: dict, eps_keys: list[str], white: list[str], tolerance: float = TOLERANCE) -> dict:
+    """The transfer attack is not much stronger than the white-box worst case (gradient masking)."""
+    if "transfer" not in results or not white:
+        return {"passed": None, "note": "no surrogate model given (--surrogate)"}
+    gaps = {}
+    for k in eps_keys:
+        gaps[k] = {}
+        for c in metric_names("check"):
+            white_values = [results[a][k][c] for a in white]
+            white_worst = min(white_values) if metric_info(c).higher_is_better else max(white_values)
+            gaps[k][c] = _toward_defender(c, white_worst, results["transfer"][k][c])
+    return {"passed": all(g <= tolerance for d in gaps.values() for g in d.values()), "gap": gaps,
+            "tolerance": tolerance, "rule": "white-box worst minus transfer <= tolerance"}

@@ -1,0 +1,78 @@
+"""Each honest-evaluation check fails on constructed figures that break its rule, and passes on
+figures that keep it; the worst-case reduction picks the value worst for the defender."""
+
+import pytest
+
+from robustdml.evaluation import checks
+from robustdml.evaluation.metrics import METRICS, Metric, MetricKind
+from robustdml.evaluation.robust import worst_case
+
+
+def _m(nmi, recall):
+    return {"nmi": nmi, "f1": nmi, "ari": nmi, "recall@1": recall}
+
+
+def test_beats_noise_fails_for_an_attack_weaker_than_noise():
+    results = {"noise": {"0.1": _m(0.40, 0.80)},
+               "centroid": {"0.1": _m(0.45, 0.70)},     # NMI above noise's: weaker than noise on its target
+               "retrieval": {"0.1": _m(0.50, 0.30)}}
+    found = checks.beats_noise(results, ["0.1"], {"centroid": ("nmi",), "retrieval": ("recall@1",)})
+    assert found["passed"] is False and found["failures"] == ["centroid@0.1"]
+    results["centroid"]["0.1"] = _m(0.20, 0.90)  # R@1 above noise is fine for a clustering attack
+    assert checks.beats_noise(results, ["0.1"], {"centroid": ("nmi",), "retrieval": ("recall@1",)})["passed"] is True
+
+
+def test_beats_noise_exempts_eps_zero():
+    results = {"noise": {"0": _m(0.4, 0.8)}, "centroid": {"0": _m(0.4, 0.8)}}
+    assert checks.beats_noise(results, ["0"], {"centroid": ("nmi",)})["passed"] is True
+
+
+def test_monotone_in_eps_fails_when_the_worst_case_rises_with_eps():
+    keys = ["0.05", "0.1", "0.15"]
+    falling = {"0.05": _m(0.30, 0.5), "0.1": _m(0.20, 0.4), "0.15": _m(0.10, 0.3)}
+    assert checks.monotone_in_eps(falling, keys)["passed"] is True
+    # NMI dips to 0.10 at 0.1 and comes back to 0.25 at 0.15: a rise of 0.15 over the lowest so far
+    bumpy = {"0.05": _m(0.30, 0.5), "0.1": _m(0.10, 0.4), "0.15": _m(0.25, 0.3)}
+    found = checks.monotone_in_eps(bumpy, keys)
+    assert found["passed"] is False and found["max_rise"]["nmi"] == pytest.approx(0.15)
+    assert found["max_rise"]["recall@1"] == 0.0
+    within = {"0.05": _m(0.30, 0.5), "0.1": _m(0.10, 0.4), "0.15": _m(0.11, 0.3)}  # 0.01 <= tolerance
+    assert checks.monotone_in_eps(within, keys)["passed"] is True
+    assert checks.monotone_in_eps({"0.1": _m(0.1, 0.1)}, ["0.1"])["passed"] is None
+
+
+def test_more_steps_raising_the_worst_case_fails():
+    base = _m(0.20, 0.30)
+    found = checks.not_weaker_when_stronger(base, _m(0.26, 0.30), steps=20)
+    assert found["passed"] is False and found["change"]["nmi"] == pytest.approx(0.06) and found["steps"] == 20
+    assert checks.not_weaker_when_stronger(base, _m(0.15, 0.25), steps=20)["passed"] is True
+
+
+def test_transfer_stronger_than_white_box_fails():
+    results = {"centroid": {"0.1": _m(0.30, 0.60)}, "retrieval": {"0.1": _m(0.35, 0.40)},
+               "transfer": {"0.1": _m(0.10, 0.50)}}   # transfer NMI 0.10 far below the white-box 0.30
+    found = checks.transfer_not_stronger(results, ["0.1"], ["centroid", "retrieval"])
+    assert found["passed"] is False and found["gap"]["0.1"]["nmi"] == pytest.approx(0.20)
+    results["transfer"]["0.1"] = _m(0.45, 0.70)
+    assert checks.transfer_not_stronger(results, ["0.1"], ["centroid", "retrieval"])["passed"] is True
+    del results["transfer"]
+    assert checks.transfer_not_stronger(results, ["0.1"], ["centroid"])["passed"] is None
+
+
+def test_worst_case_is_the_minimum_and_names_its_attack():
+    results = {"a": {"0.1": {"nmi": 0.3, "recall@1": 0.2}, "0.2": {"nmi": 0.1, "recall@1": 0.5}},
+               "b": {"0.1": {"nmi": 0.2, "recall@1": 0.4}, "0.2": {"nmi": 0.15, "recall@1": 0.1}}}
+    worst, which = worst_case(results, ["0.1", "0.2"])
+    assert worst == {"0.1": {"nmi": 0.2, "recall@1": 0.2}, "0.2": {"nmi": 0.1, "recall@1": 0.1}}
+    assert which == {"0.1": {"nmi": "b", "recall@1": "a"}, "0.2": {"nmi": "a", "recall@1": "b"}}
+
+
+def test_worst_case_of_a_lower_is_better_metric_is_the_maximum():
+    METRICS.register(Metric("spread", MetricKind.CLUSTERING, lambda labels, clusters: 0.0, higher_is_better=False))
+    try:
+        worst, which = worst_case({"a": {"x": {"spread": 0.3}}, "b": {"x": {"spread": 0.7}}}, ["x"])
+        assert worst["x"]["spread"] == 0.7 and which["x"]["spread"] == "b"
+        found = checks.not_weaker_when_stronger({"spread": 0.7}, {"spread": 0.6})  # lower = better for the defender
+        assert found["passed"] is False
+    finally:
+        METRICS.pop("spread")
