@@ -1,7 +1,10 @@
-"""Attacks on deep metric learning, all PGD-based (docs/design.md, "Attacks"), grouped by what they need:
+"""Attacks on deep metric learning, each an objective optimised by PGD, APGD or Square (docs/design.md,
+"Attacks"), grouped by what they need:
 
 - label-free: ``displacement`` (embedding displacement)
-- clustering-aware: ``centroid`` (centroid margin against the clean k-means clustering)
+- clustering-aware: ``centroid`` (centroid margin against the clean k-means clustering);
+  targeted: ``centroid-nearest``, ``centroid-random``, ``centroid-balanced`` (label-aware)
+- feature-targeted: ``feature-nearest``, ``feature-balanced`` (label-aware)
 - retrieval: ``retrieval`` (Recall@1 margin against a clean gallery)
 - black-box controls: ``transfer`` (from a surrogate model), ``noise`` (uniform noise, the floor)
 
@@ -17,7 +20,9 @@ from .loss import LossAttack
 from .noise import UniformNoise
 from .registry import ATTACKS, create_attack, register_attack
 from .retrieval import RetrievalAttack
+from .targeted import CentroidBalanced, CentroidNearest, CentroidRandom, FeatureBalanced, FeatureNearest
 from .transfer import TransferAttack
 
 __all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
-           "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise"]
+           "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise",
+           "CentroidNearest", "CentroidRandom", "CentroidBalanced", "FeatureNearest", "FeatureBalanced"]

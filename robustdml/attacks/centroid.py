@@ -15,6 +15,15 @@ from .base import Attack
 from .registry import register_attack
 
 
+def centroid_margin(embeddings: torch.Tensor, centroids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B,) ``cos(e, c_index) - max_{j != index} cos(e, c_j)`` for unit embeddings (B, D) and unit
+    centroids (k, D): how far inside cluster ``index`` each embedding lies (negative: outside)."""
+    cos = embeddings @ centroids.T
+    chosen = cos.gather(1, index[:, None]).squeeze(1)
+    others = cos.scatter(1, index[:, None], -torch.inf).amax(1)
+    return chosen - others
+
+
 @register_attack
 class CentroidMargin(Attack):
     name = "centroid"
@@ -25,7 +34,4 @@ class CentroidMargin(Attack):
                 "assignments": context.assignments.to(x.device)}
 
     def objective(self, embeddings, state):
-        cos = embeddings @ state["centroids"].T
-        own = cos.gather(1, state["assignments"][:, None]).squeeze(1)
-        others = cos.scatter(1, state["assignments"][:, None], -torch.inf).amax(1)
-        return others - own
+        return -centroid_margin(embeddings, state["centroids"], state["assignments"])

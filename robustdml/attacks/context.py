@@ -48,6 +48,8 @@ class AttackContext:
         self_index: (B,) each image's own position in the gallery, or -1.
         surrogate: a separate model for transfer attacks.
         criterion: the training loss (for attacks on the loss itself).
+        targets: (B,) per-sample targets an attack planned with the whole pool in view
+            (:meth:`Attack.plan`): a cluster, or a gallery position.
     """
 
     labels: torch.Tensor | None = None
@@ -58,6 +60,7 @@ class AttackContext:
     self_index: torch.Tensor | None = None
     surrogate: nn.Module | None = None
     criterion: nn.Module | None = None
+    targets: torch.Tensor | None = None
 
     def require(self, needs: tuple[str, ...], attack: str) -> None:
         known = {f.name for f in fields(self)}

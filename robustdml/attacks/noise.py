@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, Norm, _per_sample_norm, project
+from .base import Attack
+from .context import Norm
+from .optim import per_sample_norm, project
 from .registry import register_attack
 
 
@@ -24,5 +26,5 @@ class UniformNoise(Attack):
             delta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * self.eps
         else:
             delta = torch.randn(x.shape, generator=g, device=x.device)
-            delta = delta / _per_sample_norm(delta).clamp_min(1e-12) * self.eps
+            delta = delta / per_sample_norm(delta).clamp_min(1e-12) * self.eps
         return x + project(x, delta, self.eps, self.norm)

@@ -16,7 +16,7 @@ from .registry import register_attack
 @register_attack
 class RetrievalAttack(Attack):
     name = "retrieval"
-    targets = ("recall@1",)
+    lowers = ("recall@1",)
     needs = ("gallery", "gallery_labels", "labels", "self_index")
 
     def prepare(self, model, x, context):

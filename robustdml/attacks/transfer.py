@@ -20,5 +20,5 @@ class TransferAttack(Attack):
 
     def perturb(self, model, x, state, context):
         inner = EmbeddingDisplacement(self.eps, self.steps, self.step_size, self.norm, self.random_init,
-                                      self.restarts, self.seed)
+                                      self.restarts, self.seed, self.optimizer)
         return inner(context.surrogate, x)

@@ -59,8 +59,10 @@ def _cmd_attack(args) -> int:
     from ..models import load_model
     from .config import parse_options
 
-    suite = AttackSuite(args.attack, eps=args.eps, steps=args.steps, restarts=args.restarts, norm=args.norm,
-                        seed=args.seed, batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option))
+    custom = {"steps": args.steps, "restarts": args.restarts}
+    suite = AttackSuite(args.attack or args.suite, eps=args.eps, norm=args.norm, seed=args.seed,
+                        batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option),
+                        **{k: v for k, v in custom.items() if v is not None})
     model, device, workers = _load_for_evaluation(args)
     surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
@@ -80,12 +82,15 @@ def _cmd_attack(args) -> int:
 
 def _attack_plots(found, out_dir: Path) -> list[Path]:
     from ..evaluation.robust import eps_key
-    from ..reporting import plot_adversarial_grid, plot_metrics_vs_eps
+    from ..reporting import plot_adversarial_grid, plot_convergence, plot_metrics_vs_eps
 
     sample = found.sample
-    return [plot_metrics_vs_eps(found.to_dict(), out_dir / "metrics_vs_eps.png"),
-            plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
-                                  title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")]
+    plots = [plot_metrics_vs_eps(found.to_dict(), out_dir / "metrics_vs_eps.png"),
+             plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
+                                   title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")]
+    if found.convergence:
+        plots.append(plot_convergence(found.convergence, out_dir / "convergence.png"))
+    return plots
 
 
 def _attack_summary(found) -> str:
@@ -95,7 +100,8 @@ def _attack_summary(found) -> str:
     rows = {"clean": found.clean}
     for k in found.worst:
         for name, per_eps in found.attacks.items():
-            rows[f"{name} @{k}"] = per_eps[k]
+            if k in per_eps:
+                rows[f"{name} @{k}"] = per_eps[k]
         rows[f"WORST @{k}"] = found.worst[k]
     lines = [metrics_table(rows), ""]
     for name, check in found.checks.items():
@@ -182,19 +188,23 @@ def _add_evaluate(sub) -> None:
 
 def _add_attack(sub) -> None:
     from ..attacks import ATTACKS
+    from ..evaluation.suite import NAMED
 
     p = sub.add_parser("attack", help="robust evaluation under the attack suite",
                        description="Perturb every test image with each attack at each eps, cluster again and "
                                    "compute every metric; report the worst case per metric and the "
                                    "honest-evaluation checks. Writes JSON and PNG plots.")
     _add_model_and_data(p)
-    p.add_argument("--eps", type=float, nargs="+", help="budgets in [0,1] pixel units (default: the dataset's)")
-    p.add_argument("--attack", nargs="+", default=["all"],
-                   help=f"attacks to run: all (default) or names ({', '.join(ATTACKS)})")
+    p.add_argument("--suite", choices=list(NAMED), default="strong",
+                   help="a fixed attack suite (default strong: what every reported figure uses)")
+    p.add_argument("--eps", type=float, nargs="+",
+                   help="budgets in [0,1] pixel units (default: the suite's, around the dataset's eps)")
+    p.add_argument("--attack", nargs="+",
+                   help=f"run these attacks instead of the suite: all, or names ({', '.join(ATTACKS)})")
     p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
-                   help="an option of one attack's own constructor, e.g. centroid.restarts=2 (repeatable)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts, worst kept (default 1)")
+                   help="an option of one attack's own constructor, e.g. centroid.optimizer=apgd (repeatable)")
+    p.add_argument("--steps", type=int, help="iterations of every attack (with --attack; default 10)")
+    p.add_argument("--restarts", type=int, help="random restarts, worst kept (with --attack; default 1)")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the dataset's, L∞)")
     p.add_argument("--surrogate", help="saved model for the transfer attack (without it, transfer is skipped)")
     p.add_argument("--out", help="folder for plots (default: MODEL/attack)")

@@ -79,7 +79,7 @@ class TrainConfig:
     # evaluation and bookkeeping
     eval_every: int = 1
     robust_eval: bool = True  # a cheap attack on a fixed subset of the test set, every evaluation
-    robust_eval_attack: str = "centroid"
+    robust_eval_attack: str = "centroid"  # an attack (run alone, robust_eval_steps PGD steps) or a suite: fast
     robust_eval_eps: float | None = None  # default: the dataset's eps
     robust_eval_steps: int = 5
     robust_eval_size: int = 512
@@ -94,19 +94,39 @@ class TrainConfig:
     check_sync: bool = False  # multi-process: verify after every step that all ranks hold identical weights
 
     def validate(self) -> "TrainConfig":
+        """Raise a one-line ConfigError for the first invalid value; returns the config."""
+        for ok, message in self._named_checks() + self._value_checks():
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def _named_checks(self) -> list[tuple[bool, str]]:
+        """Names that must be registered: dataset, backbone, method, loss, attack or suite, metric."""
         from ..attacks import ATTACKS
         from ..data import DATASETS
         from ..evaluation.metrics import METRICS, is_metric
+        from ..evaluation.suite import NAMED
         from ..losses import LOSSES, _key
         from ..methods import METHODS
         from ..models import BACKBONES
 
-        checks = [
+        return [
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, not '{self.dataset}'"),
             (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, not '{self.method}'"),
             (_key(self.loss) in LOSSES, f"loss '{self.loss}' is not a pytorch-metric-learning loss"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
+            (is_metric(self.select_metric.removeprefix("robust_")) or self.select_metric == "last",
+             f"select_metric must be last or a metric ({', '.join(m for m in METRICS if m != 'recall@1')}, "
+             f"recall@K; robust_ prefix for the robust validation metric), not '{self.select_metric}'"),
+            (self.robust_eval_attack in NAMED or (self.robust_eval_attack in ATTACKS
+                                                  and ATTACKS[self.robust_eval_attack].white_box),
+             f"robust_eval_attack must be a suite ({', '.join(NAMED)}) or a white-box attack "
+             f"({', '.join(a for a, c in ATTACKS.items() if c.white_box)})"),
+        ]
+
+    def _value_checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (self.samples_per_class >= 0, f"samples_per_class must be 0 (random batches) or more, got {self.samples_per_class}"),
@@ -125,23 +145,14 @@ class TrainConfig:
             (self.embedding_dim >= 1, f"embedding_dim must be at least 1, got {self.embedding_dim}"),
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (is_metric(self.select_metric.removeprefix("robust_")) or self.select_metric == "last",
-             f"select_metric must be last or a metric ({', '.join(m for m in METRICS if m != 'recall@1')}, "
-             f"recall@K; robust_ prefix for the robust validation metric), not '{self.select_metric}'"),
             (not self.select_metric.startswith("robust_") or self.robust_eval,
              "a robust_ select_metric needs robust_eval: true"),
-            (self.robust_eval_attack in ATTACKS and ATTACKS[self.robust_eval_attack].white_box,
-             f"robust_eval_attack must be a white-box attack ({', '.join(a for a, c in ATTACKS.items() if c.white_box)})"),
             (self.robust_eval_eps is None or self.robust_eval_eps >= 0, f"robust_eval_eps must be >= 0, got {self.robust_eval_eps}"),
             (self.robust_eval_steps >= 1, f"robust_eval_steps must be at least 1, got {self.robust_eval_steps}"),
             (self.robust_eval_size >= 2, f"robust_eval_size must be at least 2, got {self.robust_eval_size}"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be auto, cpu or cuda[:N], not '{self.device}'"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,7 +33,9 @@ from ..data import (ClassBalancedBatchSampler, IndexedDataset, RandomBatchSample
                     get_dataset)
 from ..errors import ConfigError, RobustDMLError
 from ..evaluation import embed, evaluate_embeddings
-from ..evaluation.robust import AttackSuite, eps_key, evaluate_robustness
+from ..evaluation.robust import eps_key, evaluate_robustness
+from ..evaluation.suite import NAMED as NAMED_SUITES
+from ..evaluation.suite import AttackSuite
 from ..files import write_json, write_text
 from ..losses import create_loss
 from ..methods import TrainingSetup, create_method
@@ -222,12 +224,15 @@ class Trainer:
             chosen = np.random.default_rng(cfg.seed).choice(n, min(n, cfg.robust_eval_size), replace=False)
             self._robust_subset = Subset(self.query_set, sorted(chosen.tolist()))
         eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.threat.eps
-        suite = AttackSuite([cfg.robust_eval_attack], eps=[eps], steps=cfg.robust_eval_steps,
-                            batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        if cfg.robust_eval_attack in NAMED_SUITES:  # e.g. fast: its own attacks and iterations
+            suite = AttackSuite(cfg.robust_eval_attack, eps=[eps], batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        else:
+            suite = AttackSuite([cfg.robust_eval_attack], eps=[eps], steps=cfg.robust_eval_steps,
+                                batch_size=cfg.eval_batch_size, seed=cfg.seed)
         result = evaluate_robustness(self.model, self._robust_subset, None, suite, threat=self.threat,
                                      ks=self.spec.recall_ks, device=self.device, kmeans_seed=cfg.seed,
                                      kmeans_restarts=cfg.kmeans_restarts, checks=False, samples=0)
-        return result.attacks[cfg.robust_eval_attack][eps_key(eps)]
+        return result.worst[eps_key(eps)]
 
     # --- loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:

@@ -25,6 +25,8 @@ def beats_noise(results: dict, eps_keys: list[str], targets: dict[str, tuple[str
     for k in eps_keys:
         noise = results["noise"][k]
         for attack, metrics in targets.items():
+            if k not in results[attack]:  # not run at this eps
+                continue
             m = results[attack][k]
             details.setdefault(k, {})[attack] = {c: m[c] for c in check_metrics}
             if float(k) > 0 and not all(worse(c, m[c], noise[c]) for c in metrics):
@@ -61,16 +63,42 @@ def not_weaker_when_stronger(base: dict, stronger: dict, tolerance: float = TOLE
             "rule": "worst case with the stronger attack minus the suite's worst case <= tolerance"}
 
 
-def transfer_not_stronger(results: dict, eps_keys: list[str], white: list[str], tolerance: float = TOLERANCE) -> dict:
-    """The transfer attack is not much stronger than the white-box worst case (gradient masking)."""
-    if "transfer" not in results or not white:
-        return {"passed": None, "note": "no surrogate model given (--surrogate)"}
+def converged(base: dict, stronger: dict, tolerance: float = TOLERANCE, **what) -> dict:
+    """Doubling the iterations must not find a worst case worse for the defender than the suite's by
+    more than ``tolerance``: if it does, the suite's attacks had not converged and its figures are
+    too optimistic."""
+    gain = {m: -_toward_defender(m, stronger[m], base[m]) for m in base}
+    return {"passed": all(g <= tolerance for g in gain.values()), **what, "worst": stronger, "gain": gain,
+            "tolerance": tolerance,
+            "rule": "suite's worst case minus the worst case with doubled iterations <= tolerance"}
+
+
+NOT_STRONGER_RULES = {
+    "transfer_not_stronger": "a transfer attack is not stronger than the white-box ones (else: masked gradients)",
+    "square_not_stronger": "the gradient-free Square attack is not stronger than the gradient attacks on the same "
+                           "objectives (else: masked gradients)",
+    "member_transfer_not_stronger": "attacks on one ensemble member alone, transferred, are not stronger than the "
+                                    "attacks on the whole ensemble (else: the ensemble's gradients are masked)",
+}
+
+
+def not_stronger_than_white_box(results: dict, eps_keys: list[str], white: list[str], others: list[str],
+                                check: str = "transfer_not_stronger", tolerance: float = TOLERANCE) -> dict:
+    """None of ``others`` (transfer, Square, per-member transfers) beats the worst case of the white-box
+    gradient attacks ``white`` by more than ``tolerance``, on the check metrics, at any eps."""
+    if not others or not white:
+        return {"passed": None, "note": "no surrogate model given (--surrogate)" if check == "transfer_not_stronger"
+                else "nothing to compare"}
     gaps = {}
     for k in eps_keys:
+        ran = [a for a in others if k in results[a]]
+        if not ran:
+            continue
         gaps[k] = {}
         for c in metric_names("check"):
-            white_values = [results[a][k][c] for a in white]
-            white_worst = min(white_values) if metric_info(c).higher_is_better else max(white_values)
-            gaps[k][c] = _toward_defender(c, white_worst, results["transfer"][k][c])
-    return {"passed": all(g <= tolerance for d in gaps.values() for g in d.values()), "gap": gaps,
-            "tolerance": tolerance, "rule": "white-box worst minus transfer <= tolerance"}
+            white_values = [results[a][k][c] for a in white if k in results[a]]
+            other_values = [results[a][k][c] for a in ran]
+            pick = min if metric_info(c).higher_is_better else max
+            gaps[k][c] = _toward_defender(c, pick(white_values), pick(other_values))
+    return {"passed": all(g <= tolerance for d in gaps.values() for g in d.values()), "gap": gaps, "compared": others,
+            "tolerance": tolerance, "rule": NOT_STRONGER_RULES.get(check, "") + "; white-box worst minus theirs <= tolerance"}

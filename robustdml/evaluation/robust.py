@@ -1,18 +1,19 @@
-"""Robust evaluation: perturb every test image with each attack of a suite at each eps, embed, cluster
-again, compute every metric; report the worst case per metric and the honest-evaluation checks.
+"""Robust evaluation: perturb every test image with each attack of a suite at each eps, embed,
+cluster again, compute every metric; report the worst case per metric and the honest-evaluation checks.
 
 One entry point, :func:`evaluate_robustness`, serves the ``attack`` command, the benchmark and the
 robust validation during training; they only format its :class:`RobustResult`.
 
-Threat model (docs/design.md, "Threat model"): the attacker may perturb every test image within eps.
-Clustering metrics are computed on the adversarial embeddings of all test images (k-means with
-k = number of classes); retrieval metrics rank adversarial queries against the clean gallery.
+Threat model (docs/design.md, "Threat model"): the attacker knows the model and the true classes of
+the images it perturbs, and may perturb every test image within eps. Clustering metrics are
+computed on the adversarial embeddings of all test images (k-means with k = number of classes);
+retrieval metrics rank adversarial queries against the clean gallery.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,107 +21,25 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..attacks import ATTACKS, Attack, AttackContext, Norm, ThreatModel, create_attack
+from ..attacks import ATTACKS, Attack, AttackContext, ThreatModel
+from ..attacks.base import CleanPool
 from ..data import IndexedDataset
 from ..errors import ConfigError
-from ..registry import check_options
+from ..models import EnsembleNet
 from . import checks as honest
+from . import combine
 from .embed import embed
-from .metrics import clustering_metrics, kmeans, retrieval_metrics, worse
+from .metrics import clustering_metrics, kmeans, metric_names, retrieval_metrics, worse
+from .suite import AttackSpec, AttackSuite
 
 log = logging.getLogger(__name__)
+
+COMBOS = ("combo-margin", "combo-spread", "combo-retrieval")
 
 
 def eps_key(eps: float) -> str:
     """JSON key of an eps value: a short, exact-enough decimal ("0.1", "0.0313725")."""
     return f"{eps:.6g}"
-
-
-@dataclass
-class AttackSuite:
-    """Which attacks run, at which budgets, with which settings.
-
-    Args:
-        attacks: attack names, or ``"all"`` (every registered attack).
-        eps: budgets in [0, 1] pixel units; ``None``: the threat model's eps.
-        steps, restarts: PGD steps and random restarts of every attack (default 10, 1).
-        norm: ``"linf"`` or ``"l2"``; ``None``: the threat model's norm.
-        step_factor: step size = ``step_factor * eps / steps`` (2.5 as in Madry et al.).
-        seed: seed of the random starts.
-        batch_size: images perturbed at once.
-        attack_kwargs: attack name -> options of its own constructor, e.g. ``{"centroid": {...}}``.
-
-    Example:
-        >>> suite = AttackSuite(["displacement", "centroid", "noise"], eps=[0.05, 0.1], steps=10)
-    """
-
-    attacks: list[str] | str = "all"
-    eps: list[float] | None = None
-    steps: int = 10
-    restarts: int = 1
-    norm: str | None = None
-    step_factor: float = 2.5
-    seed: int = 0
-    batch_size: int = 256
-    attack_kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        names = self.names()
-        if not names:
-            raise ConfigError("the attack suite is empty: name at least one attack, or all")
-        for name in names:
-            ATTACKS.lookup(name)
-        if self.eps is not None and (not self.eps or any(not e >= 0 for e in self.eps)):
-            raise ConfigError(f"eps values must be >= 0 (at least one), got {self.eps}")
-        for key, value in (("steps", self.steps), ("restarts", self.restarts), ("batch_size", self.batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-        if self.norm is not None and self.norm not in {n.value for n in Norm}:
-            raise ConfigError(f"norm must be one of {', '.join(n.value for n in Norm)}, not {self.norm!r}")
-        if not isinstance(self.attack_kwargs, dict):
-            raise ConfigError("attack_kwargs must map attack names to their options")
-        for name, options in self.attack_kwargs.items():
-            if not isinstance(options, dict):
-                raise ConfigError(f"attack_kwargs.{name} must be a mapping of options")
-            check_options(ATTACKS.lookup(name), options, f"attack '{name}'")
-
-    @classmethod
-    def from_dict(cls, data: dict, **defaults) -> "AttackSuite":
-        """From a config section (``attacks``, ``eps``, ``steps``, ...); ``defaults`` fill what it leaves out."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"attack section: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        merged = {**defaults, **data}
-        if merged.get("eps") is not None:
-            merged["eps"] = [float(e) for e in merged["eps"]]
-        return cls(**merged)
-
-    def names(self) -> list[str]:
-        if self.attacks == "all" or (isinstance(self.attacks, list) and "all" in self.attacks):
-            return list(ATTACKS)
-        if isinstance(self.attacks, str):
-            return [self.attacks]
-        return list(dict.fromkeys(self.attacks))
-
-    def eps_values(self, threat: ThreatModel) -> list[float]:
-        return sorted(set(self.eps)) if self.eps is not None else [threat.eps]
-
-    def main_eps(self, threat: ThreatModel) -> float:
-        """The eps the worst case is reported at: the threat model's, else the largest of the suite."""
-        values = self.eps_values(threat)
-        return threat.eps if threat.eps in values else values[-1]
-
-    def build(self, name: str, eps: float, threat: ThreatModel, steps: int | None = None,
-              restarts: int | None = None) -> Attack:
-        steps = steps or self.steps
-        return create_attack(name, eps, steps=steps, restarts=restarts or self.restarts,
-                             norm=self.norm or threat.norm, seed=self.seed,
-                             step_size=self.step_factor * eps / steps if eps > 0 else None,
-                             **self.attack_kwargs.get(name, {}))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -137,8 +56,10 @@ class Sample:
 
 @dataclass
 class RobustResult:
-    """Everything one robust evaluation found. ``attacks``: attack -> eps key -> metric -> value;
-    ``worst``/``worst_attack``: eps key -> metric -> the worst value / the attack that gave it."""
+    """Everything one robust evaluation found. ``attacks``: label -> eps key -> metric -> value;
+    ``worst``/``worst_attack``: eps key -> metric -> the worst value / the label that gave it;
+    ``convergence``: label -> {"iterations": [...], metric: [...]} for the attacks rerun with more
+    iterations by the checks."""
 
     clean: dict[str, float]
     attacks: dict[str, dict[str, dict[str, float]]]
@@ -150,11 +71,14 @@ class RobustResult:
     sample: Sample
     clean_embeddings: torch.Tensor  # (N, D) of the test pool (query, then gallery)
     labels: np.ndarray              # (N,)
+    convergence: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         """The JSON form: numbers only, no tensors."""
         return {"clean": self.clean, "attacks": self.attacks, "worst": self.worst, "worst_attack": self.worst_attack,
-                "settings": self.settings, "checks": self.checks}
+                "settings": self.settings, "checks": self.checks, "convergence": self.convergence,
+                "seconds": round(self.seconds, 1)}
 
 
 class _TestPool:
@@ -162,10 +86,12 @@ class _TestPool:
     of single attacks against it."""
 
     def __init__(self, model: nn.Module, query_set: Dataset, gallery_set: Dataset | None, ks, device, batch_size: int,
-                 kmeans_seed: int, kmeans_restarts: int, surrogate: nn.Module | None, workers: int, progress: bool):
+                 kmeans_seed: int, kmeans_restarts: int, surrogate: nn.Module | None, workers: int, progress: bool,
+                 seed: int = 0):
         self.model, self.ks, self.device, self.batch_size = model, ks, torch.device(device), batch_size
         self.kmeans_seed, self.kmeans_restarts = kmeans_seed, kmeans_restarts
         self.surrogate, self.workers, self.progress = surrogate, workers, progress
+        self.query_set, self.gallery_set = query_set, gallery_set
         self.has_gallery = gallery_set is not None
         self.pool = query_set if gallery_set is None else ConcatDataset([query_set, gallery_set])
         self.n_query = len(query_set)
@@ -177,7 +103,10 @@ class _TestPool:
         self.ref_offset = self.n_query if self.has_gallery else 0
         self.reference = self.clean_emb[self.ref_offset:]
         self.reference_labels = torch.from_numpy(self.labels[self.ref_offset:])
+        self.clean_pool = CleanPool(self.clean_emb, torch.from_numpy(self.labels), torch.from_numpy(self.clusters),
+                                    self.centroids, self.reference, self.reference_labels, self.ref_offset, seed)
         self.clean = self.metrics(self.clean_emb)
+        self._plans: dict[str, torch.Tensor | None] = {}
 
     def metrics(self, pool_emb: torch.Tensor) -> dict[str, float]:
         result = clustering_metrics(pool_emb.numpy(), self.labels, seed=self.kmeans_seed, restarts=self.kmeans_restarts)
@@ -186,38 +115,152 @@ class _TestPool:
                                         leave_one_out=not self.has_gallery))
         return result
 
-    def context(self, labels: torch.Tensor, index: torch.Tensor) -> AttackContext:
+    def self_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Each pool position's own gallery position, or -1."""
+        own = index - self.ref_offset
+        return torch.where(own >= 0, own, torch.full_like(own, -1))
+
+    def plan(self, attack: Attack) -> torch.Tensor | None:
+        """The attack's per-sample targets for the whole pool, computed once per attack class."""
+        name = type(attack).__name__
+        if name not in self._plans:
+            self._plans[name] = attack.plan(self.clean_pool)
+        return self._plans[name]
+
+    def context(self, labels: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None) -> AttackContext:
         """The one place an attack's per-batch context is built."""
-        self_index = index - self.ref_offset
         return AttackContext(labels=labels, centroids=self.centroids,
                              assignments=torch.from_numpy(self.clusters[index.numpy()]),
                              gallery=self.reference, gallery_labels=self.reference_labels,
-                             self_index=torch.where(self_index >= 0, self_index, torch.full_like(self_index, -1)),
-                             surrogate=self.surrogate)
+                             self_index=self.self_index(index), surrogate=self.surrogate,
+                             targets=None if targets is None else targets[index])
 
-    def attack(self, attack: Attack, desc: str = "", samples: int = 0):
-        """Perturb the whole pool. Returns (metrics, adversarial embeddings, (clean, adversarial) first images)."""
+    def attack(self, attack: Attack, desc: str = "", samples: int = 0, victim: nn.Module | None = None,
+               trace_at: tuple[int, ...] = ()):
+        """Perturb the whole pool with ``attack`` crafted on this pool's model; ``victim`` (default:
+        that model) embeds the result. Returns (adversarial embeddings, (clean, adversarial) first
+        images, {iteration: embeddings} at ``trace_at``)."""
+        victim = victim or self.model
+        targets = self.plan(attack)
         loader = DataLoader(IndexedDataset(self.pool), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        adv_emb, first = [], (None, None)
+        adv_emb, first, traced = [], (None, None), {i: [] for i in trace_at}
         for images, labels, index in tqdm(loader, desc=desc, leave=False, disable=None if self.progress else True):
             images = images.to(self.device, non_blocking=True)
-            x_adv = attack(self.model, images, self.context(labels, index))
+            attack.trace = _tracer(victim, images, traced) if trace_at else None
+            x_adv = attack(self.model, images, self.context(labels, index, targets))
             with torch.no_grad():
-                adv_emb.append(self.model(x_adv).float().cpu())
+                adv_emb.append(victim(x_adv).float().cpu())
             if index[0] == 0 and samples:
                 first = (images[:samples].cpu(), x_adv[:samples].cpu())
-        adv_emb = torch.cat(adv_emb)
-        return self.metrics(adv_emb), adv_emb, first
+        attack.trace = None
+        return torch.cat(adv_emb), first, {i: torch.cat(e) for i, e in traced.items() if e}
+
+
+def _tracer(victim: nn.Module, images: torch.Tensor, traced: dict):
+    def record(iteration: int, delta: torch.Tensor) -> None:
+        if iteration in traced:
+            with torch.no_grad():
+                traced[iteration].append(victim(images + delta).float().cpu())
+    return record
+
+
+@dataclass
+class _Outcome:
+    """One attack (or combination) at one eps: its metrics and adversarial embeddings of the pool."""
+
+    metrics: dict[str, float]
+    embeddings: torch.Tensor
+    first: tuple = (None, None)
+    curve: dict = field(default_factory=dict)
+
+
+class _SuiteRun:
+    """Runs a suite's entries against one model: single attacks, the ensemble variants, the
+    clustering-level combinations."""
+
+    def __init__(self, pool: _TestPool, suite: AttackSuite, threat: ThreatModel, specs: list[AttackSpec],
+                 samples: int):
+        self.pool, self.suite, self.threat, self.samples = pool, suite, threat, samples
+        self.specs = {s.label: s for s in specs}
+        self.members: list[_TestPool] = []
+        model = pool.model
+        if isinstance(model, EnsembleNet):
+            for label in suite.ensemble_reweighted:
+                spec = self.specs[label]
+                self.specs[f"{label}-reweighted"] = AttackSpec(f"{label}-reweighted", spec.attack,
+                                                               {**spec.options, "reweight_members": True})
+            if suite.member_transfer:
+                self.members = [_TestPool(m, pool.query_set, pool.gallery_set, pool.ks, pool.device, pool.batch_size,
+                                          pool.kmeans_seed, pool.kmeans_restarts, None, pool.workers, False,
+                                          pool.clean_pool.seed) for m in model.members]
+            for i in range(len(self.members)):
+                for label in suite.member_transfer:
+                    self.specs[f"member{i}:{label}"] = self.specs[label]
+
+    def strongest(self, results: dict, eps: float) -> list[str]:
+        """The gradient entries individually worst for the defender at ``eps``, one per metric of the checks."""
+        gradient = [a for a in self.gradient_labels() if eps_key(eps) in results.get(a, {})]
+        if not gradient:
+            return []
+        at_eps = {a: results[a][eps_key(eps)] for a in gradient}
+        return list(dict.fromkeys(_strongest(gradient, at_eps, m) for m in metric_names("check")))
+
+    def gradient_labels(self) -> list[str]:
+        """White-box entries that follow the target's gradients (not Square, noise, transfers)."""
+        return [label for label, spec in self.specs.items() if not label.startswith("member")
+                and ATTACKS[spec.attack].white_box and spec.optimizer != "square"]
+
+    def run(self, label: str, eps: float, steps_scale: int = 1, extra_restarts: int = 0,
+            trace_at: tuple[int, ...] = ()) -> _Outcome:
+        spec = self.specs[label]
+        attack = self.suite.build(spec, eps, self.threat, steps_scale=steps_scale, extra_restarts=extra_restarts)
+        desc = f"{label} eps={eps_key(eps)}"
+        if label.startswith("member"):
+            member = self.members[int(label[len("member"):label.index(":")])]
+            emb, first, traced = member.attack(attack, desc, victim=self.pool.model, trace_at=trace_at)
+        else:
+            emb, first, traced = self.pool.attack(attack, desc, self.samples, trace_at=trace_at)
+        return _Outcome(self.pool.metrics(emb), emb, first, {i: self.pool.metrics(e) for i, e in traced.items()})
+
+    def at_eps(self, eps: float, labels: list[str] | None = None) -> dict[str, _Outcome]:
+        """Every entry (or those in ``labels``) at ``eps``, then the combinations of their candidates."""
+        outcomes = {}
+        for label in labels or self.specs:
+            outcomes[label] = self.run(label, eps)
+            log.info("%-28s eps=%-9s %s", label, eps_key(eps),
+                     "  ".join(f"{k} {v:.4f}" for k, v in outcomes[label].metrics.items()))
+        outcomes.update(self.combinations(outcomes))
+        return outcomes
+
+    def combinations(self, outcomes: dict[str, _Outcome]) -> dict[str, _Outcome]:
+        if not self.suite.combine:
+            return {}
+        pool = self.pool
+        labels = [label for label in outcomes if label not in COMBOS]
+        candidates = torch.stack([outcomes[label].embeddings for label in labels])
+        clusters, truth = torch.from_numpy(pool.clusters), torch.from_numpy(pool.labels)
+        choices = {
+            "combo-margin": combine.margin_choice(candidates, pool.centroids, clusters),
+            "combo-spread": combine.spread_choice(candidates, pool.centroids, clusters, truth),
+            "combo-retrieval": combine.retrieval_choice(
+                candidates, pool.n_query, pool.reference, pool.reference_labels, truth,
+                pool.self_index(torch.arange(len(truth))), pool.centroids, clusters),
+        }
+        combined = {}
+        for name, choice in choices.items():
+            emb = combine.pick(candidates, choice)
+            combined[name] = _Outcome(pool.metrics(emb), emb)
+        return combined
 
 
 def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None,
                         suite: AttackSuite | None = None, *, threat: ThreatModel, ks=(1, 2, 4, 8),
                         device: str | torch.device = "cpu", surrogate: nn.Module | None = None, kmeans_seed: int = 0,
-                        kmeans_restarts: int = 5, checks: bool = True, samples: int = 8, workers: int = 0,
+                        kmeans_restarts: int = 5, checks: bool | None = None, samples: int = 8, workers: int = 0,
                         progress: bool = False) -> RobustResult:
-    """Every attack of ``suite`` at every eps on the whole test set, the worst case per metric and
-    (``checks=True``) the honest-evaluation checks.
+    """Every attack of ``suite`` (default: ``strong``) at every eps on the whole test set, the worst
+    case per metric and the honest-evaluation checks (``checks``: default the suite's).
 
     Args:
         query_set, gallery_set: the test sets (``gallery_set=None``: leave-one-out retrieval in the query set).
@@ -226,63 +269,105 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
         samples: images kept for the picture of the attack with the worst NMI at the main eps.
 
     Example:
-        >>> result = evaluate_robustness(model, query, None, AttackSuite(eps=[0.1]), threat=ThreatModel(0.1))
+        >>> result = evaluate_robustness(model, query, None, AttackSuite("strong"), threat=ThreatModel(0.1))
         >>> result.worst["0.1"]["nmi"]
     """
-    suite = suite or AttackSuite()
-    names = suite.names()
-    if "transfer" in names and surrogate is None:
+    import time
+    start = time.time()
+    suite = suite or AttackSuite("strong")
+    specs = suite.specs()
+    if surrogate is None and any(s.attack == "transfer" for s in specs):
         log.warning("no surrogate model given: the transfer attack and its check are skipped")
-        names = [a for a in names if a != "transfer"]
-    if not names:
+        specs = [s for s in specs if s.attack != "transfer"]
+    if not specs:
         raise ConfigError("no attack left to run: the transfer attack needs a surrogate model (--surrogate PATH)")
     eps_values, main_eps = suite.eps_values(threat), suite.main_eps(threat)
     pool = _TestPool(model, query_set, gallery_set, ks, device, suite.batch_size, kmeans_seed, kmeans_restarts,
-                     surrogate, workers, progress)
-    results: dict[str, dict[str, dict]] = {name: {} for name in names}
-    sample = Sample()
+                     surrogate, workers, progress, suite.seed)
+    run = _SuiteRun(pool, suite, threat, specs, samples)
+    at_main = run.at_eps(main_eps)
+    results = {label: {eps_key(main_eps): o.metrics} for label, o in at_main.items()}
+    strongest = run.strongest(results, main_eps)
     for eps in eps_values:
-        for name in names:
-            metrics, adv_emb, first = pool.attack(suite.build(name, eps, threat), f"{name} eps={eps_key(eps)}", samples)
-            results[name][eps_key(eps)] = metrics
-            log.info("%-12s eps=%-9s %s", name, eps_key(eps), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if eps == main_eps and (not sample.attack or metrics["nmi"] < results[sample.attack][eps_key(eps)]["nmi"]):
-                sample = Sample(*first, attack=name, eps=eps, embeddings=adv_emb)
+        if eps != main_eps:
+            sweep = strongest + [a for a in run.specs if a == "noise"] if suite.sweep_strongest else None
+            for label, outcome in run.at_eps(eps, sweep).items():
+                results[label][eps_key(eps)] = outcome.metrics
+    results = {label: dict(sorted(per_eps.items(), key=lambda kv: float(kv[0]))) for label, per_eps in results.items()}
     keys = [eps_key(e) for e in eps_values]
     worst, worst_attack = worst_case(results, keys)
     settings = {**suite.to_dict(), "norm": suite.norm or threat.norm.value, "eps": eps_values, "main_eps": main_eps,
-                "attacks": names}
-    found = run_checks(pool, suite, threat, results, worst, keys, main_eps) if checks else {}
-    return RobustResult(pool.clean, results, worst, worst_attack, found, settings, main_eps, sample,
-                        pool.clean_emb, pool.labels)
+                "attacks": list(results)}
+    found, convergence = {}, {}
+    if suite.checks if checks is None else checks:
+        found, convergence = run_checks(run, results, worst, keys, main_eps, at_main, strongest)
+    return RobustResult(pool.clean, results, worst, worst_attack, found, settings, main_eps, _sample(at_main, main_eps),
+                        pool.clean_emb, pool.labels, convergence, time.time() - start)
 
 
-def run_checks(pool: _TestPool, suite: AttackSuite, threat: ThreatModel, results: dict, worst: dict,
-               keys: list[str], main_eps: float) -> dict:
-    """The honest-evaluation checks; the stronger reruns of the white-box attacks happen here."""
-    white = [a for a in results if ATTACKS[a].white_box]
+def _sample(outcomes: dict[str, _Outcome], eps: float) -> Sample:
+    """The attack (not a combination) with the worst NMI at the main eps, for the pictures and the t-SNE."""
+    attacks = {label: o for label, o in outcomes.items() if label not in COMBOS}
+    if not attacks:
+        return Sample()
+    label = min(attacks, key=lambda a: attacks[a].metrics["nmi"])
+    return Sample(*attacks[label].first, attack=label, eps=eps, embeddings=attacks[label].embeddings)
+
+
+def _strongest(labels: list[str], metrics_of: dict[str, dict], metric: str) -> str:
+    """The label whose result is worst for the defender on ``metric``."""
+    best = labels[0]
+    for label in labels[1:]:
+        if worse(metric, metrics_of[label][metric], metrics_of[best][metric]):
+            best = label
+    return best
+
+
+def run_checks(run: _SuiteRun, results: dict, worst: dict, keys: list[str], main_eps: float,
+               at_main: dict[str, _Outcome], key_attacks: list[str]) -> tuple[dict, dict]:
+    """The honest-evaluation checks; the reruns with more iterations and restarts happen here, on the
+    attacks that were individually strongest at the main eps (one per check metric), with the
+    combinations recomputed from the rerun candidates. Returns (checks, convergence curves)."""
+    gradient = run.gradient_labels()
     found = {}
-    if "noise" in results and white:
-        found["beats_noise"] = honest.beats_noise(results, keys, {a: ATTACKS[a].targets for a in white})
+    if "noise" in results and gradient:
+        found["beats_noise"] = honest.beats_noise(
+            results, keys, {a: ATTACKS[run.specs[a].attack].lowers for a in gradient})
     found["monotone_in_eps"] = honest.monotone_in_eps(worst, keys)
-    if white:
+    convergence = {}
+    if gradient:
         base = worst[eps_key(main_eps)]
-        for check, options in (("more_steps", {"steps": 2 * suite.steps}), ("more_restarts", {"restarts": suite.restarts + 1})):
-            stronger = {a: {"x": pool.attack(suite.build(a, main_eps, threat, **options), f"{check} {a}")[0]}
-                        for a in white}
-            again, _ = worst_case(stronger, ["x"])
-            found[check] = honest.not_weaker_when_stronger(base, again["x"], eps=main_eps, **options)
-    found["transfer_not_stronger"] = honest.transfer_not_stronger(results, keys, white)
-    return found
-
-
+        steps = run.suite.build(run.specs[key_attacks[0]], main_eps, run.threat).steps
+        trace_at = tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps, 2 * steps}))
+        for check, options in (("more_steps", {"steps_scale": 2, "trace_at": trace_at}),
+                               ("more_restarts", {"extra_restarts": 1})):
+            rerun = {a: run.run(a, main_eps, **options) for a in key_attacks}
+            outcomes = {**{k: v for k, v in at_main.items() if k not in COMBOS}, **rerun}
+            outcomes.update(run.combinations(outcomes))
+            again, _ = worst_case({a: {"x": o.metrics} for a, o in outcomes.items()}, ["x"])
+            what = {"eps": main_eps, "rerun": key_attacks,
+                    **({"steps": 2 * steps} if check == "more_steps" else {"restarts": run.suite.restarts + 1})}
+            found[check] = honest.not_weaker_when_stronger(base, again["x"], **what)
+            if check == "more_steps":
+                found["converged"] = honest.converged(base, again["x"], **what)
+                convergence = {a: {"iterations": list(trace_at),
+                                   **{m: [o.curve[i][m] for i in trace_at if i in o.curve] for m in metric_names("check")}}
+                               for a, o in rerun.items() if o.curve}
+    others = [a for a in results if a in run.specs]
+    for check, group in (("transfer_not_stronger", [a for a in others if run.specs[a].attack == "transfer"]),
+                         ("square_not_stronger", [a for a in others if run.specs[a].optimizer == "square"]),
+                         ("member_transfer_not_stronger", [a for a in others if a.startswith("member")])):
+        if group or check == "transfer_not_stronger":
+            found[check] = honest.not_stronger_than_white_box(results, keys, gradient, group, check)
+    return found, convergence
 def worst_case(results: dict[str, dict[str, dict]], keys: list[str]) -> tuple[dict, dict]:
-    """Per eps key and metric: the value worst for the defender over attacks, and which attack gave it."""
+    """Per eps key and metric: the value worst for the defender over the attacks run at that eps,
+    and which attack gave it."""
     worst, which = {}, {}
     for k in keys:
         worst[k], which[k] = {}, {}
         for name, per_eps in results.items():
-            for metric, value in per_eps[k].items():
+            for metric, value in per_eps.get(k, {}).items():
                 if metric not in worst[k] or worse(metric, value, worst[k][metric]):
                     worst[k][metric], which[k][metric] = value, name
     return worst, which

@@ -15,22 +15,47 @@ from ..files import atomic_path  # noqa: E402
 
 
 def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...] | None = None) -> Path:
-    """One panel per metric (default: those registered for plots); a line per attack and a dashed
-    line for the worst case; clean at eps 0."""
+    """One panel per metric (default: those registered for plots); a line per attack (for large
+    suites: the attacks that gave the worst case, and noise) and a dashed line for the worst case;
+    clean at eps 0."""
     metrics = metrics or metric_names("plot")
     eps_keys = list(result["worst"])
     eps = [float(k) for k in eps_keys]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         clean = result["clean"][metric]
+        # the attacks that were worst at some eps for this metric, and the noise floor (a suite can hold dozens)
+        shown = {a for per_metric in result["worst_attack"].values() for m, a in per_metric.items() if m == metric}
         for name, per_eps in result["attacks"].items():
-            ax.plot([0] + eps, [clean] + [per_eps[k][metric] for k in eps_keys], marker="o", ms=3, label=name)
+            if name not in shown and name != "noise" and len(result["attacks"]) > 6:
+                continue
+            ks = [k for k in eps_keys if k in per_eps]
+            ax.plot([0] + [float(k) for k in ks], [clean] + [per_eps[k][metric] for k in ks], marker="o", ms=3,
+                    label=name)
         ax.plot([0] + eps, [clean] + [result["worst"][k][metric] for k in eps_keys], "k--", lw=2, label="worst")
         ax.set_title(metric)
         ax.set_xlabel("eps")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_convergence(curves: dict[str, dict], path: str | Path) -> Path:
+    """Metric against attack iterations (log scale), a line per entry of ``curves`` (label ->
+    {"iterations": [...], metric: [...]}); one panel per metric of the checks. A line still falling
+    at the right edge means the attack had not converged."""
+    metrics = metric_names("check")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, curve in curves.items():
+            ax.plot(curve["iterations"][:len(curve[metric])], curve[metric], marker="o", ms=3, label=label)
+        ax.set_xscale("log")
+        ax.set_title(f"{metric} vs attack iterations")
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import write_text  # noqa: E402
 from ..methods import METHODS  # noqa: E402
-from .plots import _save  # noqa: E402
+from .plots import _save, plot_convergence  # noqa: E402
 from .summary import summarize  # noqa: E402
 
 CHECKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "design.md"
@@ -96,6 +96,13 @@ def _curves(group: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _convergence(group: dict, path: Path) -> Path | None:
+    """The checks' rerun with doubled iterations, traced (first seed of each method)."""
+    curves = {f"{method}: {attack}": curve for method, runs in group["runs"].items()
+              for attack, curve in runs[0].get("convergence", {}).items()}
+    return plot_convergence(curves, path) if curves else None
+
+
 def _tsne(group: dict, path: Path) -> Path | None:
     panels = [(m, r["tsne"]) for m, runs in group["runs"].items() for r in runs if r.get("tsne")]
     if not panels:
@@ -138,7 +145,12 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
         sections.append(("md", f"## {dataset}, {backbone}\n\nClean and adversarial (worst case over the attack "
                                f"suite at eps = {group['eps']}) metrics, mean ± std over seeds:\n\n"
                                + _table_md(group["rows"]) + "\n"))
+        sections.append(("md", "Worst case against eps (the eps sweep):\n"))
         sections.append(("img", str(_curves(group, fig_dir / f"{slug}-curves.png"))))
+        convergence = _convergence(group, fig_dir / f"{slug}-convergence.png")
+        if convergence:
+            sections.append(("md", "Convergence of the strongest attacks (the checks' rerun with doubled iterations):\n"))
+            sections.append(("img", str(convergence)))
         tsne = _tsne(group, fig_dir / f"{slug}-tsne.png")
         if tsne:
             sections.append(("md", "t-SNE of the same test images, clean and adversarial:\n"))

@@ -63,6 +63,9 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
     (["--steps", "0"], "steps"),
     (["--attack", "fgsm-magic"], "unknown attack"),
     (["--kmeans-restarts", "0"], "--kmeans-restarts"),
+    (["--steps", "20"], "strong suite is fixed"),
+    (["--attack", "centroid", "--attack-option", "centroid.optimizer=adam"], "optimizer"),
+    (["--attack", "centroid", "--attack-option", "retrieval.steps=3"], "not in the suite"),
 ])
 def test_attack_bad_input(digits_run, extra, match):
     run, _ = digits_run

@@ -51,12 +51,28 @@ def test_more_steps_raising_the_worst_case_fails():
 def test_transfer_stronger_than_white_box_fails():
     results = {"centroid": {"0.1": _m(0.30, 0.60)}, "retrieval": {"0.1": _m(0.35, 0.40)},
                "transfer": {"0.1": _m(0.10, 0.50)}}   # transfer NMI 0.10 far below the white-box 0.30
-    found = checks.transfer_not_stronger(results, ["0.1"], ["centroid", "retrieval"])
+    found = checks.not_stronger_than_white_box(results, ["0.1"], ["centroid", "retrieval"], ["transfer"])
     assert found["passed"] is False and found["gap"]["0.1"]["nmi"] == pytest.approx(0.20)
     results["transfer"]["0.1"] = _m(0.45, 0.70)
-    assert checks.transfer_not_stronger(results, ["0.1"], ["centroid", "retrieval"])["passed"] is True
-    del results["transfer"]
-    assert checks.transfer_not_stronger(results, ["0.1"], ["centroid"])["passed"] is None
+    assert checks.not_stronger_than_white_box(results, ["0.1"], ["centroid", "retrieval"], ["transfer"])["passed"] is True
+    assert checks.not_stronger_than_white_box(results, ["0.1"], ["centroid"], [])["passed"] is None
+
+
+def test_square_stronger_than_the_gradient_attacks_fails():
+    results = {"centroid-balanced": {"0.1": _m(0.20, 0.50)}, "retrieval": {"0.1": _m(0.30, 0.10)},
+               "square-retrieval": {"0.1": _m(0.35, 0.02)}}   # R@1 0.02 vs the gradient attacks' 0.10
+    found = checks.not_stronger_than_white_box(results, ["0.1"], ["centroid-balanced", "retrieval"],
+                                               ["square-retrieval"], "square_not_stronger")
+    assert found["passed"] is False and found["gap"]["0.1"]["recall@1"] == pytest.approx(0.08)
+    assert "Square" in found["rule"]
+
+
+def test_doubled_iterations_finding_a_much_lower_worst_case_fails():
+    base = _m(0.20, 0.30)
+    found = checks.converged(base, _m(0.15, 0.29), steps=200)
+    assert found["passed"] is False and found["gain"]["nmi"] == pytest.approx(0.05)
+    assert checks.converged(base, _m(0.19, 0.30), steps=200)["passed"] is True
+    assert checks.converged(base, _m(0.25, 0.35), steps=200)["passed"] is True  # no gain at all
 
 
 def test_worst_case_is_the_minimum_and_names_its_attack():
