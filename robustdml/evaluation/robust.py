@@ -13,6 +13,7 @@ retrieval metrics rank adversarial queries against the clean gallery.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -272,7 +273,6 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
         >>> result = evaluate_robustness(model, query, None, AttackSuite("strong"), threat=ThreatModel(0.1))
         >>> result.worst["0.1"]["nmi"]
     """
-    import time
     start = time.time()
     suite = suite or AttackSuite("strong")
     specs = suite.specs()
