@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field
 
-from ..attacks import ATTACKS, Attack, Norm, ThreatModel, create_attack
+from ..attacks import ATTACKS, Attack, ThreatModel, create_attack
 from ..attacks.optim import Optimizer
 from ..errors import ConfigError
 from ..registry import check_options
@@ -137,8 +137,6 @@ class AttackSuite:
         for key, value in (("steps", self.steps), ("restarts", self.restarts), ("batch_size", self.batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-        if self.norm is not None and self.norm not in {n.value for n in Norm}:
-            raise ConfigError(f"norm must be one of {', '.join(n.value for n in Norm)}, not {self.norm!r}")
         if not isinstance(self.attack_kwargs, dict) or not all(isinstance(v, dict) for v in self.attack_kwargs.values()):
             raise ConfigError("attack_kwargs must map attack labels to mappings of options")
         unknown = (set(self.attack_kwargs) | set(self.ensemble_reweighted) | set(self.member_transfer)) - set(labels)
