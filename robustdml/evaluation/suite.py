@@ -56,6 +56,7 @@ _COMPLETE = [
     {"label": "feature-nearest", "attack": "feature-nearest", **_APGD},
     {"label": "feature-balanced", "attack": "feature-balanced", **_APGD},
     {"label": "retrieval", "attack": "retrieval", **_APGD},
+    {"label": "retrieval-softmax", "attack": "retrieval", "loss": "softmax", **_APGD},
     {"label": "square-centroid-balanced", "attack": "centroid-balanced", **_SQUARE},
     {"label": "square-retrieval", "attack": "retrieval", **_SQUARE},
     {"label": "noise", "attack": "noise"},
@@ -65,7 +66,7 @@ _COMPLETE = [
 # margin, label-aware clustering, label-aware feature, retrieval), Square on the label-aware
 # clustering objective, the floor and the transfer control.
 _STRONG = [e for e in _COMPLETE if e["label"] in ("displacement", "centroid", "centroid-balanced", "feature-balanced",
-                                                  "retrieval", "square-centroid-balanced", "noise", "transfer")]
+                                                  "retrieval", "retrieval-softmax", "square-centroid-balanced", "noise", "transfer")]
 _LABEL_AWARE = ["centroid-balanced", "feature-balanced", "retrieval"]
 
 

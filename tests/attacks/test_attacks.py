@@ -182,3 +182,36 @@ def test_bad_attack_arguments(kwargs, match):
 
 def test_optimizers_are_the_enum():
     assert {o.value for o in Optimizer} == {"pgd", "apgd", "square"}
+
+
+def test_retrieval_objectives_on_constructed_embeddings():
+    # gallery: two same-class items at cos 0.9 and 0.5, one other-class item at cos 0.85; self at index 3
+    gallery = F.normalize(torch.tensor([[0.9, 0.436], [0.5, 0.866], [0.85, -0.527], [1.0, 0.0]]), dim=1)
+    query = torch.tensor([[1.0, 0.0]])
+    context = AttackContext(gallery=gallery, gallery_labels=torch.tensor([0, 0, 1, 0]), labels=torch.tensor([0]),
+                            self_index=torch.tensor([3]))
+    sims = (query @ gallery.T)[0]
+    margin = create_attack("retrieval", 0.1)
+    assert margin.objective(query, margin.prepare(None, query, context)).item() == pytest.approx(
+        float(sims[2] - sims[0]), abs=1e-6)  # nearest negative - nearest positive; self ignored
+    soft = create_attack("retrieval", 0.1, loss="softmax")
+    logits = sims[:3] / soft.TEMPERATURE
+    expected = logits.logsumexp(0) - logits[:2].logsumexp(0)  # -log p(same class), self excluded
+    assert expected.item() > 1e-6
+    assert soft.objective(query, soft.prepare(None, query, context)).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="retrieval loss"):
+        create_attack("retrieval", 0.1, loss="hinge")
+
+
+@pytest.mark.parametrize("norm", list(Norm))
+def test_softmax_retrieval_attack_is_valid_and_lowers_recall(norm, batch):
+    x, y = batch
+    original = x.clone()
+    model = _model().eval()
+    attack = create_attack("retrieval", EPS[norm], steps=10, norm=norm, optimizer="apgd", loss="softmax")
+    ctx = _context(model, x, y, attack)
+    x_adv = attack(model, x, ctx)
+    _assert_valid(x, x_adv, norm, original)
+    with torch.no_grad():
+        state = attack.prepare(model, x, ctx)
+        assert attack.objective(model(x_adv), state).mean() > attack.objective(model(x), state).mean()
