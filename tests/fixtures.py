@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gzip
+import struct
+
 import numpy as np
 from PIL import Image
 
@@ -87,6 +90,40 @@ def make_inshop(root: Path, items: int = 6, per_item: int = 3) -> Path:
     (root / "Eval" / "list_eval_partition.txt").write_text(
         f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
     return root
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """An IDX file of unsigned bytes (the MNIST format), gzipped or not."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_fashion(root: Path, per_class: tuple[int, int] = (6, 3), compress: bool = True) -> Path:
+    """Fashion-MNIST's four IDX files (not in MAKERS: 28x28 grayscale, protocols of its own): per_class
+    (train, test) images of each of the 10 classes, pixel = 10 * class + index, the corner 255."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        labels = np.repeat(np.arange(10), n)
+        rng.shuffle(labels)
+        images = np.stack([np.full((28, 28), 10 * c + i % 10, dtype=np.uint8) for i, c in enumerate(labels)])
+        images[:, 0, 0] = 255
+        names = FASHION_FILES[split]
+        suffix = ".gz" if compress else ""
+        write_idx(root / f"{names[0]}{suffix}", images, compress)
+        write_idx(root / f"{names[1]}{suffix}", labels, compress)
+    from robustdml.data import fashion
+    fashion._read_split.cache_clear()  # a new folder under a reused path must be read again
+    return root
+
+
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 MAKERS = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop}

@@ -6,6 +6,8 @@
   targeted: ``centroid-nearest``, ``centroid-random``, ``centroid-balanced`` (label-aware)
 - feature-targeted: ``feature-nearest``, ``feature-balanced`` (label-aware)
 - retrieval: ``retrieval`` (Recall@1 margin against a clean gallery)
+- RobRank's ranking attacks: ``ca+``, ``ca-``, ``qa+``, ``qa-``, ``tma``, ``es``, ``ltm``, ``gtm``, ``gtt``
+  (:mod:`robustdml.attacks.ranking`)
 - black-box controls: ``transfer`` (from a surrogate model), ``noise`` (uniform noise, the floor)
 
 >>> from robustdml.attacks import create_attack
@@ -19,10 +21,11 @@ from .displacement import EmbeddingDisplacement
 from .loss import LossAttack
 from .noise import UniformNoise
 from .registry import ATTACKS, create_attack, register_attack
+from .ranking import RANKING_ATTACKS
 from .retrieval import RetrievalAttack
 from .targeted import CentroidBalanced, CentroidNearest, CentroidRandom, FeatureBalanced, FeatureNearest
 from .transfer import TransferAttack
 
 __all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
            "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise",
-           "CentroidNearest", "CentroidRandom", "CentroidBalanced", "FeatureNearest", "FeatureBalanced"]
+           "CentroidNearest", "CentroidRandom", "CentroidBalanced", "FeatureNearest", "FeatureBalanced", "RANKING_ATTACKS"]

@@ -59,6 +59,10 @@ def _cmd_attack(args) -> int:
     from ..models import load_model
     from .config import parse_options
 
+    if args.suite == "robrank" and not args.attack:
+        return _cmd_attack_ranking(args)
+    if args.profile or args.queries:
+        raise RobustDMLError("--profile and --queries belong to --suite robrank")
     custom = {"steps": args.steps, "restarts": args.restarts}
     suite = AttackSuite(args.attack or args.suite, eps=args.eps, norm=args.norm, seed=args.seed,
                         batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option),
@@ -77,6 +81,33 @@ def _cmd_attack(args) -> int:
     plots = _attack_plots(found, out_dir)
     print(_attack_summary(found))
     print(f"wrote {json_path}, {', '.join(map(str, plots))}")
+    return 0
+
+
+def _cmd_attack_ranking(args) -> int:
+    """RobRank's attacks under one profile (rob28 for images up to 32 px, else rob224), and the ERS."""
+    from ..data import evaluation_sets
+    from ..evaluation.ranking import evaluate_ranking, ranking_table
+    from ..files import write_json
+    from .config import parse_options
+
+    if args.steps or args.restarts or args.eps or args.surrogate or args.norm:
+        raise RobustDMLError("the robrank suite is fixed by its profile: drop --steps/--restarts/--eps/--norm/--surrogate")
+    model, device, workers = _load_for_evaluation(args)
+    query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
+    profile = args.profile or ("rob28" if query[0][0].shape[-1] <= 32 else "rob224")
+    found = evaluate_ranking(model, query, gallery, profile=profile, queries=args.queries, seed=args.seed,
+                             attack_kwargs=parse_options(args.attack_option), device=device,
+                             batch_size=min(args.batch_size, 128), workers=workers,
+                             kmeans_restarts=args.kmeans_restarts, progress=not args.quiet)
+    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
+    out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
+    json_path = Path(args.json) if args.json else out_dir / "robrank.json"
+    write_json(json_path, result)
+    print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f}; profile {profile} "
+          f"(L∞ eps {found.eps:.4f}), {found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
+    print(ranking_table(result))
+    print(f"wrote {json_path}")
     return 0
 
 
@@ -195,8 +226,13 @@ def _add_attack(sub) -> None:
                                    "compute every metric; report the worst case per metric and the "
                                    "honest-evaluation checks. Writes JSON and PNG plots.")
     _add_model_and_data(p)
-    p.add_argument("--suite", choices=list(NAMED), default="strong",
-                   help="a fixed attack suite (default strong: what every reported figure uses)")
+    p.add_argument("--suite", choices=[*NAMED, "robrank"], default="strong",
+                   help="a fixed attack suite (default strong: what every reported figure uses); robrank: "
+                        "RobRank's nine ranking attacks and its ERS")
+    p.add_argument("--profile", choices=["rob28", "rob224"],
+                   help="robrank: attack profile (default rob28 for images up to 32 px, else rob224)")
+    p.add_argument("--queries", type=int,
+                   help="robrank: attack a seeded sample of this many test queries (default: all)")
     p.add_argument("--eps", type=float, nargs="+",
                    help="budgets in [0,1] pixel units (default: the suite's, around the dataset's eps)")
     p.add_argument("--attack", nargs="+",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from . import cars, cub, digits, inshop, sop  # noqa: F401  (register the readers)
+from . import cars, cub, digits, fashion, inshop, sop  # noqa: F401  (register the readers)
 from .base import (DATASETS, DatasetSpec, ImageListDataset, IndexedDataset, MetricDataset, TensorDataset,
                    register_dataset)
-from .sampler import ClassBalancedBatchSampler, RandomBatchSampler
+from .sampler import ClassBalancedBatchSampler, PairBatchSampler, RandomBatchSampler
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -53,4 +53,4 @@ def dataset_info(name: str, root=None) -> dict:
 
 
 __all__ = ["DATASETS", "DatasetSpec", "register_dataset", "MetricDataset", "ImageListDataset", "TensorDataset", "IndexedDataset",
-           "ClassBalancedBatchSampler", "RandomBatchSampler", "dataset_spec", "get_dataset", "evaluation_sets", "dataset_info"]
+           "ClassBalancedBatchSampler", "PairBatchSampler", "RandomBatchSampler", "dataset_spec", "get_dataset", "evaluation_sets", "dataset_info"]

@@ -70,3 +70,39 @@ class RandomBatchSampler(Sampler[list[int]]):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
         for i in range(len(self)):
             yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+
+
+class PairBatchSampler(Sampler[list[int]]):
+    """SPC-2 batches as RobRank draws them: every training image in turn (shuffled per epoch) is an
+    anchor, paired with a random other image of its class; a batch of ``batch_size`` images is
+    ``batch_size / 2`` pairs laid out anchor, positive, anchor, positive, ... The epoch has
+    ``len(labels) // (batch_size / 2)`` batches; reproducible per epoch from ``seed`` via ``set_epoch``."""
+
+    def __init__(self, labels, batch_size: int, seed: int = 0):
+        labels = np.asarray(labels)
+        if batch_size < 2 or batch_size % 2:
+            raise ConfigError(f"pair batches need an even batch_size (images: 2 per pair), got {batch_size}")
+        self.labels, self.pairs, self.seed, self.epoch = labels, batch_size // 2, seed, 0
+        self.by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+        lonely = [int(c) for c, members in self.by_class.items() if len(members) < 2]
+        if lonely:
+            raise ConfigError(f"pair batches need at least 2 images per class; class(es) {lonely} have one")
+        self.num_batches = max(1, len(labels) // self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        anchors = rng.permutation(len(self.labels))
+        for b in range(self.num_batches):
+            batch = []
+            for a in anchors[b * self.pairs:(b + 1) * self.pairs].tolist():
+                members = self.by_class[self.labels[a]]
+                other = members[rng.integers(len(members) - 1)]
+                partner = other if other != a else members[-1]  # uniform over the class minus the anchor
+                batch.extend((a, int(partner)))
+            yield batch

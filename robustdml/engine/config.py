@@ -13,6 +13,7 @@ import yaml
 from ..errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "none")
+SAMPLERS = ("auto", "random", "class-balanced", "pairs")
 
 
 class YAMLLoader(yaml.SafeLoader):
@@ -68,6 +69,8 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 128
     samples_per_class: int = 0
+    # batches: "auto" = class-balanced with samples_per_class > 0, else random; "pairs" = RobRank's SPC-2
+    sampler: str = "auto"
     lr: float = 1e-4
     proxy_lr_mult: float = 100.0
     weight_decay: float = 1e-4
@@ -115,6 +118,9 @@ class TrainConfig:
             (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, not '{self.method}'"),
             (_key(self.loss) in LOSSES, f"loss '{self.loss}' is not a pytorch-metric-learning loss"),
+            (self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'"),
+            (self.sampler != "class-balanced" or self.samples_per_class > 0,
+             "sampler class-balanced needs samples_per_class > 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
             (is_metric(self.select_metric.removeprefix("robust_")) or self.select_metric == "last",
              f"select_metric must be last or a metric ({', '.join(m for m in METRICS if m != 'recall@1')}, "

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..attacks import ThreatModel
-from ..data import (ClassBalancedBatchSampler, IndexedDataset, RandomBatchSampler, dataset_spec, evaluation_sets,
-                    get_dataset)
+from ..data import (ClassBalancedBatchSampler, IndexedDataset, PairBatchSampler, RandomBatchSampler, dataset_spec,
+                    evaluation_sets, get_dataset)
 from ..errors import ConfigError, RobustDMLError
 from ..evaluation import embed, evaluate_embeddings
 from ..evaluation.robust import eps_key, evaluate_robustness
@@ -122,7 +122,9 @@ class Trainer:
         self.threat = ThreatModel.of(cfg.dataset)
         self.train_set = get_dataset(cfg.dataset, "train", cfg.root, train=True, image_size=cfg.image_size)
         self.query_set, self.gallery_set = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
-        if cfg.samples_per_class:
+        if cfg.sampler == "pairs":
+            self.sampler = PairBatchSampler(self.train_set.labels, cfg.batch_size, cfg.seed)
+        elif cfg.sampler == "class-balanced" or (cfg.sampler == "auto" and cfg.samples_per_class):
             self.sampler = ClassBalancedBatchSampler(self.train_set.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
         else:
             self.sampler = RandomBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed)

@@ -1,6 +1,7 @@
 """Losses: thin adapters over pytorch-metric-learning. Proxy Anchor (Kim et al., "Proxy Anchor Loss
 for Deep Metric Learning", arXiv 2003.13911) is the default; any pytorch-metric-learning loss is
 selectable by name ("proxy_anchor", "ProxyAnchorLoss", "multi_similarity", "triplet_margin", ...).
+``ptriplet`` is RobRank's triplet recipe on pair batches (:class:`PairTripletLoss`).
 
 >>> loss = create_loss("proxy_anchor", num_classes=100, embedding_dim=512, margin=0.1, alpha=32)
 >>> loss(embeddings, labels)
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.reducers import MeanReducer
 from torch import nn
 
 from ..errors import ConfigError
@@ -21,11 +25,39 @@ def _key(name: str) -> str:
     return key[: -len("loss")] if key.endswith("loss") else key
 
 
+class PairTripletLoss(nn.Module):
+    """The triplet loss of RobRank's ``ptripletN`` on SPC-2 pair batches (``sampler: pairs``): anchors
+    at the even positions, each one's positive the image after it, its negative one uniformly random
+    batch element of another class; Euclidean distance of L2-normalised embeddings, margin 0.2, the
+    mean over all triplets (zero-loss ones included). pytorch-metric-learning's ``TripletMarginLoss``
+    computes it from these triplets."""
+
+    def __init__(self, margin: float = 0.2):
+        super().__init__()
+        self.margin = margin
+        self.loss = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(normalize_embeddings=True, p=2),
+                                                 reducer=MeanReducer())
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        anchors = torch.arange(0, len(labels) - 1, 2, device=labels.device)
+        positives = anchors + 1
+        if not torch.equal(labels[anchors], labels[positives]):
+            raise ConfigError("the ptriplet loss needs pair batches (anchor, positive, ...): set sampler: pairs")
+        other = (labels[anchors, None] != labels[None, :]).float()
+        has_negative = other.sum(1) > 0
+        anchors, positives, other = anchors[has_negative], positives[has_negative], other[has_negative]
+        if len(anchors) == 0:
+            return embeddings.sum() * 0
+        negatives = torch.multinomial(other, 1).squeeze(1)
+        return self.loss(embeddings, labels, indices_tuple=(anchors, positives, negatives))
+
+
 LOSSES: dict[str, type] = {
     _key(name): cls for name, cls in vars(pml_losses).items()
     if inspect.isclass(cls) and issubclass(cls, nn.Module) and name.endswith("Loss")
     and name not in ("BaseMetricLossFunction", "GenericPairLoss", "MultipleLosses", "SelfSupervisedLoss", "CrossBatchMemory")
 }
+LOSSES["ptriplet"] = PairTripletLoss
 
 
 def create_loss(name: str, num_classes: int, embedding_dim: int, **kwargs) -> nn.Module:
@@ -46,4 +78,4 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kwargs) -> nn
         raise ConfigError(f"bad arguments for loss '{name}': {e}") from None
 
 
-__all__ = ["LOSSES", "create_loss"]
+__all__ = ["LOSSES", "PairTripletLoss", "create_loss"]

@@ -47,7 +47,7 @@ class ModelSpec:
 
 
 class EmbeddingNet(nn.Module):
-    """Normalise -> backbone -> (GAP + GMP) -> Linear(F, D) -> L2 normalise.
+    """Normalise -> backbone -> (GAP + GMP, unless the backbone is flat) -> Linear(F, D) -> L2 normalise.
 
     Example:
         >>> net = create_model("small-cnn", embedding_dim=64, in_channels=1, pretrained=False)
@@ -68,12 +68,15 @@ class EmbeddingNet(nn.Module):
             raise ConfigError(f"mean and std need {spec.in_channels} values, one per input channel")
         self.normalize = Normalize(mean, std, bgr=bb.caffe_input)
         self.backbone = bb.module
+        self.flat = bb.flat
         self.embedding = nn.Linear(bb.out_features, spec.embedding_dim)
         nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
         nn.init.zeros_(self.embedding.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(self.normalize(x))
+        if self.flat:
+            return f
         return F.adaptive_avg_pool2d(f, 1).flatten(1) + F.adaptive_max_pool2d(f, 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

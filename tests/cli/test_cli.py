@@ -93,3 +93,23 @@ def test_unavailable_device_is_one_line(tmp_path, digits_run, command):
     proc = run_cli(command, str(run), "--dataset", "digits", "--device", "cuda")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "CUDA is not available" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_fashion_train_then_robrank_suite(tmp_path):
+    """RobRank's recipe on tiny Fashion-MNIST files: pair batches, ptriplet, C2F2; then the robrank
+    suite writes every column and the ERS."""
+    from fixtures import make_fashion
+    root = make_fashion(tmp_path / "fashion", per_class=(8, 4))
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/fashion-robrank.yaml", "--out", str(run), "-q", f"root={root}",
+                 "epochs=1", "batch_size=16"]) == 0
+    out = tmp_path / "robrank.json"
+    proc = run_cli("attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank",
+                   "--queries", "12", "--attack-option", "gtm.robrank_compat=true", "--json", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["profile"] == "rob28" and result["queries"] == 12 and result["options"] == {"gtm": {"robrank_compat": True}}
+    assert set(result["columns"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT"}
+    assert "ERS" in proc.stdout and "12 queries" in proc.stdout
+    bad = run_cli("attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank", "--steps", "3")
+    assert bad.returncode == 2 and "fixed by its profile" in bad.stderr

@@ -1,0 +1,144 @@
+"""RobRank's ranking-robustness protocol: its nine attacks under one profile, each reported as
+RobRank reports it, and the Empirical Robustness Score (ERS) of the ten columns.
+
+The database is the clean test set (or the clean gallery where a dataset has one); queries are the
+test images, all of them or a seeded subsample (``queries``) to bound CPU runs.
+
+>>> found = evaluate_ranking(model, test_set, profile="rob28", queries=2000)
+>>> found.columns["CA+"], found.ers
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from ..attacks import ATTACKS, AttackContext, create_attack
+from ..attacks.base import CleanPool
+from ..attacks.ranking import COLUMNS, PROFILES, RANKING_ATTACKS, ers
+from ..data import IndexedDataset
+from ..errors import ConfigError
+from ..registry import check_options
+from .embed import embed
+from .metrics import clustering_metrics, retrieval_metrics
+
+
+@dataclass
+class RankingResult:
+    """``columns``: RobRank's ten columns after the attacks; ``clean_columns``: the same numbers on
+    the unperturbed queries (with the same targets); ``ers`` from ``columns``."""
+
+    profile: str
+    eps: float
+    queries: int
+    seed: int
+    columns: dict[str, float]
+    clean_columns: dict[str, float]
+    ers: float
+    clean: dict[str, float]
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"suite": "robrank", **asdict(self), "seconds": round(self.seconds, 1)}
+
+
+def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of the queries: all ``n``, or a seeded sample of ``queries`` of them."""
+    if queries is None or queries >= n:
+        return np.arange(n)
+    if queries < 1:
+        raise ConfigError(f"queries must be at least 1, got {queries}")
+    return np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
+
+
+def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *,
+                     profile: str = "rob28", queries: int | None = None, seed: int = 0,
+                     attack_kwargs: dict | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
+                     workers: int = 0, kmeans_restarts: int = 1, progress: bool = False) -> RankingResult:
+    """Every RobRank attack of ``profile`` (``rob28``, ``rob224``) on the queries; see the module doc.
+
+    ``attack_kwargs``: per-attack constructor options, e.g. ``{"gtm": {"robrank_compat": True}}``
+    (RobRank's own target choice for GTM, for reproducing its table).
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
+    attack_kwargs = attack_kwargs or {}
+    for name, options in attack_kwargs.items():
+        if name not in RANKING_ATTACKS:
+            raise ConfigError(f"attack option for '{name}', which is not in the robrank suite "
+                              f"({', '.join(RANKING_ATTACKS)})")
+        check_options(ATTACKS[name], options, f"attack '{name}'")
+    start = time.perf_counter()
+    device = torch.device(device)
+    settings = PROFILES[profile]
+    query_emb, query_labels = embed(model, query_set, batch_size, device, workers, progress)
+    leave_one_out = gallery_set is None
+    if leave_one_out:
+        database, database_labels = query_emb, query_labels
+    else:
+        database, database_labels = embed(model, gallery_set, batch_size, device, workers, progress)
+    clean = clustering_metrics(query_emb.numpy(), query_labels, seed=seed, restarts=kmeans_restarts)
+    clean.update(retrieval_metrics(query_emb, query_labels, database, database_labels, ks=(1,),
+                                   leave_one_out=leave_one_out))
+    chosen = query_subset(len(query_set), queries, seed)
+    # a separate gallery sits after the queries in the pool, so no query has an own database entry
+    pool = CleanPool(query_emb, torch.from_numpy(query_labels), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1),
+                     database, torch.from_numpy(database_labels), reference_offset=0 if leave_one_out else len(query_emb),
+                     seed=seed)
+    self_index = torch.arange(len(query_set)) if leave_one_out else torch.full((len(query_set),), -1)
+    sums = {c: 0.0 for c in COLUMNS}
+    clean_sums = {c: 0.0 for c in COLUMNS}
+    was_training = model.training
+    model.eval()
+    try:
+        for name in RANKING_ATTACKS:
+            attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"],
+                                   **attack_kwargs.get(name, {}))
+            targets = attack.plan(pool)
+            loader = DataLoader(IndexedDataset(Subset(query_set, chosen.tolist())), batch_size=batch_size,
+                                shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+            for images, labels, local in tqdm(loader, desc=f"{profile} {name}", leave=False,
+                                              disable=None if progress else True):
+                index = torch.from_numpy(chosen[local.numpy()])
+                context = AttackContext(labels=labels, gallery=database, gallery_labels=pool.reference_labels,
+                                        self_index=self_index[index],
+                                        targets=None if targets is None else targets[index])
+                images = images.to(device, non_blocking=True)
+                x_adv = attack(model, images, context)
+                with torch.no_grad():
+                    adversarial = model(x_adv).float().cpu()
+                clean_emb = query_emb[index]
+                for column, values in attack.score(adversarial, clean_emb, context).items():
+                    sums[column] += float(values.sum())
+                for column, values in attack.score(clean_emb, clean_emb, context).items():
+                    clean_sums[column] += float(values.sum())
+    finally:
+        model.train(was_training)
+    n = len(chosen)
+    columns = {c: sums[c] / n for c in COLUMNS}
+    clean_columns = {c: clean_sums[c] / n for c in COLUMNS}
+    return RankingResult(profile=profile, eps=settings["eps"], queries=n, seed=seed, columns=columns,
+                         clean_columns=clean_columns, ers=ers(columns), clean=clean,
+                         options={k: dict(v) for k, v in attack_kwargs.items()},
+                         seconds=time.perf_counter() - start)
+
+
+def ranking_table(result: dict) -> str:
+    """A markdown table of one result's columns (attacked and clean) and the ERS."""
+    head = "| | " + " | ".join(COLUMNS) + " | ERS |"
+    rule = "|---" * (len(COLUMNS) + 2) + "|"
+
+    def fmt(c, v):
+        return f"{v:.3f}" if c in ("TMA", "ES:D") else f"{v:.1f}"
+
+    rows = [f"| {label} | " + " | ".join(fmt(c, result[key][c]) for c in COLUMNS) + f" | {value} |"
+            for label, key, value in (("attacked", "columns", f"{result['ers']:.1f}"),
+                                      ("clean", "clean_columns", f"{ers(result['clean_columns']):.1f}"))]
+    return "\n".join([head, rule, *rows])
