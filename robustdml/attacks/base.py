@@ -31,7 +31,8 @@ class CleanPool:
 
     ``embeddings`` (N, D) unit vectors; ``labels`` (N,) true classes; ``clusters`` (N,) clean k-means
     assignments; ``centroids`` (k, D); ``reference`` (M, D) / ``reference_labels`` (M,) the clean
-    retrieval gallery, ``reference_offset`` the pool position of its first item (0: the pool itself).
+    retrieval gallery, ``reference_offset`` the pool position of its first item (0: the pool itself);
+    ``self_index`` (N,), where given, each image's own reference position or -1 (default: from the offset).
     """
 
     embeddings: torch.Tensor
@@ -42,6 +43,14 @@ class CleanPool:
     reference_labels: torch.Tensor
     reference_offset: int = 0
     seed: int = 0
+    self_index: torch.Tensor | None = None
+
+    def own_positions(self) -> torch.Tensor:
+        """(N,) each image's own position in the reference set, or -1."""
+        if self.self_index is not None:
+            return self.self_index
+        index = torch.arange(len(self.embeddings)) - self.reference_offset
+        return torch.where(index >= 0, index, torch.full_like(index, -1))
 
 
 class Attack(ABC):

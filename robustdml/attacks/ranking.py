@@ -57,12 +57,6 @@ def _chunks(n: int, size: int = 1024):
         yield lo, min(lo + size, n)
 
 
-def _own_positions(pool: CleanPool) -> torch.Tensor:
-    """Each pool image's own database position, or -1 (a separate gallery)."""
-    index = torch.arange(len(pool.embeddings)) - pool.reference_offset
-    return torch.where(index >= 0, index, torch.full_like(index, -1))
-
-
 def _masked_distances(emb: torch.Tensor, database: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     dist = unit_distance(emb, database)
     rows = torch.nonzero(own >= 0).squeeze(1)
@@ -290,7 +284,7 @@ class GuidedTopMismatch(RankingAttack):
         self.robrank_compat = bool(robrank_compat)
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
-        own = _own_positions(pool)
+        own = pool.own_positions()
         targets = []
         for lo, hi in _chunks(len(pool.embeddings)):
             dist = _masked_distances(pool.embeddings[lo:hi], pool.reference, own[lo:hi])
@@ -321,7 +315,7 @@ class GuidedTopTranslocation(RankingAttack):
     needs = ("gallery", "self_index", "targets")
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
-        own = _own_positions(pool)
+        own = pool.own_positions()
         return torch.cat([_masked_distances(pool.embeddings[lo:hi], pool.reference, own[lo:hi]).argmin(1)
                           for lo, hi in _chunks(len(pool.embeddings))])
 

@@ -27,6 +27,7 @@ import yaml
 from ..attacks import ThreatModel
 from ..data import dataset_spec, evaluation_sets
 from ..errors import ConfigError, RobustDMLError
+from ..evaluation.ranking import evaluate_ranking
 from ..evaluation.robust import AttackSuite, RobustResult, eps_key, evaluate_robustness
 from ..files import write_json, write_text
 from ..models import load_model
@@ -51,6 +52,8 @@ class BenchmarkConfig:
     per_backbone: dict = field(default_factory=dict)   # backbone -> TrainConfig keys (pretrained, ...)
     method_kwargs: dict = field(default_factory=dict)  # method -> its options
     attack: dict = field(default_factory=dict)         # an AttackSuite: attacks, eps (default the dataset's), steps, ...
+    # RobRank's ranking attacks and ERS for every cell as well: {profile, queries, attack_kwargs}; empty: not run
+    ranking: dict = field(default_factory=dict)
     surrogate: bool = True
     base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
 
@@ -60,6 +63,9 @@ class BenchmarkConfig:
                 raise ConfigError(f"unknown grid key '{key}'; the grid has dataset, backbone, method, seed")
             if not isinstance(values, list):
                 raise ConfigError(f"grid key '{key}' must be a list")
+        unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
+        if unknown:
+            raise ConfigError(f"ranking takes profile, queries and attack_kwargs, not {', '.join(sorted(unknown))}")
         return self
 
     def cells(self) -> list[dict]:
@@ -165,6 +171,10 @@ class Benchmark:
         result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(), main_eps_key=eps_key(found.main_eps))
         if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
             result["tsne"] = tsne_points(found, seed=cfg.seed)
+        if self.cfg.ranking:
+            ranking = evaluate_ranking(load_model(run, device=device), query, gallery, seed=cfg.seed, device=device,
+                                       kmeans_restarts=cfg.kmeans_restarts, progress=self.progress, **self.cfg.ranking)
+            result["robrank"] = ranking.to_dict()
         return result
 
 

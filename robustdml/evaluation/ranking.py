@@ -88,11 +88,12 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
     clean.update(retrieval_metrics(query_emb, query_labels, database, database_labels, ks=(1,),
                                    leave_one_out=leave_one_out))
     chosen = query_subset(len(query_set), queries, seed)
-    # a separate gallery sits after the queries in the pool, so no query has an own database entry
-    pool = CleanPool(query_emb, torch.from_numpy(query_labels), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1),
-                     database, torch.from_numpy(database_labels), reference_offset=0 if leave_one_out else len(query_emb),
-                     seed=seed)
     self_index = torch.arange(len(query_set)) if leave_one_out else torch.full((len(query_set),), -1)
+    # targets are planned for the chosen queries only, against the whole clean database
+    picked = torch.from_numpy(chosen)
+    pool = CleanPool(query_emb[picked], torch.from_numpy(query_labels[chosen]), torch.zeros(0, dtype=torch.long),
+                     torch.zeros(0, 1), database, torch.from_numpy(database_labels), seed=seed,
+                     self_index=self_index[picked])
     sums = {c: 0.0 for c in COLUMNS}
     clean_sums = {c: 0.0 for c in COLUMNS}
     was_training = model.training
@@ -109,7 +110,7 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
                 index = torch.from_numpy(chosen[local.numpy()])
                 context = AttackContext(labels=labels, gallery=database, gallery_labels=pool.reference_labels,
                                         self_index=self_index[index],
-                                        targets=None if targets is None else targets[index])
+                                        targets=None if targets is None else targets[local])
                 images = images.to(device, non_blocking=True)
                 x_adv = attack(model, images, context)
                 with torch.no_grad():

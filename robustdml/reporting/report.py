@@ -23,7 +23,7 @@ from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import write_text  # noqa: E402
 from ..methods import METHODS  # noqa: E402
 from .plots import _save, plot_convergence  # noqa: E402
-from .summary import summarize  # noqa: E402
+from .summary import mean_std, summarize  # noqa: E402
 
 CHECKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 CHECKS_SECTION = "honest-evaluation-checks"
@@ -120,6 +120,24 @@ def _tsne(group: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _ranking_md(group: dict) -> str:
+    """RobRank's columns and ERS per method (mean ± std over seeds), where the cells ran them."""
+    from ..attacks.ranking import COLUMNS
+
+    rows = {m: [r["robrank"] for r in runs if "robrank" in r] for m, runs in group["runs"].items()}
+    rows = {m: found for m, found in rows.items() if found}
+    if not rows:
+        return ""
+    first = next(iter(rows.values()))[0]
+    lines = [f"RobRank's ranking attacks (profile {first['profile']}, {first['queries']} queries; ERS higher is "
+             f"more robust), mean ± std over seeds:\n",
+             "| method | seeds | ERS | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    for method, found in rows.items():
+        cells = [mean_std([f["ers"] for f in found])] + [mean_std([f["columns"][c] for f in found]) for c in COLUMNS]
+        lines.append(f"| {method} | {len(found)} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _checks_md(group: dict) -> str:
     names = list(dict.fromkeys(c for runs in group["runs"].values() for r in runs for c in r.get("checks", {})))
     lines = ["| method | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -157,6 +175,9 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
             sections.append(("img", str(tsne)))
         sections.append(("md", f"Honest-evaluation checks (what each means: {_design_link(out_dir)}):\n\n"
                                + _checks_md(group) + "\n"))
+        ranking = _ranking_md(group)
+        if ranking:
+            sections.append(("md", ranking))
     failed = [c for c in cells if c.get("status") == "failed"]
     if failed:
         sections.append(("md", "## Failed cells\n\n" + "\n".join(

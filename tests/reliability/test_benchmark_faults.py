@@ -100,3 +100,20 @@ def test_paper_config_trains_one_step_on_fixtures(dataset, tmp_path):
         trainer = Trainer(train_cfg.validate(), tmp_path / f"run-{backbone}", progress=False)
         loss = trainer.train_epoch(0)
         assert loss == loss and loss > 0  # a finite loss from one real step
+
+
+def test_benchmark_runs_robrank_columns_into_the_report(tmp_path, monkeypatch):
+    from robustdml.attacks.ranking import PROFILES
+    monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 2})
+    cfg = load_benchmark_config(tiny_config(tmp_path, methods=("standard",)))
+    cfg.ranking = {"profile": "tiny", "queries": 20}
+    Benchmark(cfg.validate(), tmp_path / "out", progress=False).run()
+    cell = json.loads((tmp_path / "out/cells/digits-small-cnn-standard-s0/result.json").read_text())
+    assert cell["robrank"]["queries"] == 20 and set(cell["robrank"]["columns"]) >= {"CA+", "GTT"}
+    md, _ = build_report(tmp_path / "out")
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| standard | 1 |") and "±" in line
+               and line.count("|") == 14)
+    assert f"{cell['robrank']['ers']:.2f} ± 0.00" in row
+    cfg.ranking = {"profile": "tiny", "query": 5}
+    with pytest.raises(Exception, match="ranking takes"):
+        cfg.validate()
