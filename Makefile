@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The digits benchmark: five methods, seed 0, trained and attacked with the strong suite; finished cells are kept, so an
+# The digits benchmark: standard, pgd-at and eat, seed 0, trained and attacked with the strong suite; finished cells are kept, so an
 # interrupted `make demo` picks up where it stopped.
 demo: $(STAMP)
 	$(VENV)/bin/robustdml benchmark --config configs/benchmark-digits.yaml --out $(BENCH)

@@ -1,4 +1,4 @@
-"""R1: RobRank's rob28 suite per query on c2f2 (its nine attacks on one batch of 128 queries against
+"""R1: RobRank's rob28 suite per query on c2f2 (its nine attacks on one batch of 32 queries against
 a 10,000-item database: set-up, 32 PGD steps each, the adversarial embeddings and the reported
 numbers) / 32 x 10 bare forward + backward passes of the same batch.
 
@@ -21,7 +21,7 @@ from common import compare, line
 TARGET = 1.50
 
 
-def run(device: torch.device, batch: int = 128, database: int = 10_000) -> tuple[list[str], dict]:
+def run(device: torch.device, batch: int = 32, database: int = 10_000) -> tuple[list[str], dict]:
     torch.manual_seed(0)
     model = create_model("c2f2", embedding_dim=512, in_channels=1, pretrained=False).to(device).eval()
     x = torch.rand(batch, 1, 28, 28, device=device)
@@ -46,7 +46,7 @@ def run(device: torch.device, batch: int = 128, database: int = 10_000) -> tuple
             (g,) = torch.autograd.grad(model(xi).sum(), xi)
         return g
 
-    t_suite, t_bare = compare(suite, bare, device, repeats=3)
+    t_suite, t_bare = compare(suite, bare, device, repeats=2)
     details = {"model": "c2f2", "batch": batch, "database": database, "attacks": len(attacks),
                "steps": profile["steps"], "suite_s": round(t_suite, 3), "bare_s": round(t_bare, 3),
                "suite_ms_per_query": round(1000 * t_suite / batch, 2)}

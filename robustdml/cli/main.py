@@ -59,7 +59,7 @@ def _cmd_attack(args) -> int:
     from ..models import load_model
     from .config import parse_options
 
-    if args.suite == "robrank" and not args.attack:
+    if args.suite == "robrank":
         return _cmd_attack_ranking(args)
     if args.profile or args.queries:
         raise RobustDMLError("--profile and --queries belong to --suite robrank")
@@ -97,7 +97,7 @@ def _cmd_attack_ranking(args) -> int:
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
     profile = args.profile or ("rob28" if query[0][0].shape[-1] <= 32 else "rob224")
     found = evaluate_ranking(model, query, gallery, profile=profile, queries=args.queries, seed=args.seed,
-                             attack_kwargs=parse_options(args.attack_option), device=device,
+                             attacks=args.attack, attack_kwargs=parse_options(args.attack_option), device=device,
                              batch_size=min(args.batch_size, 128), workers=workers,
                              kmeans_restarts=args.kmeans_restarts, progress=not args.quiet)
     result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
@@ -236,7 +236,8 @@ def _add_attack(sub) -> None:
     p.add_argument("--eps", type=float, nargs="+",
                    help="budgets in [0,1] pixel units (default: the suite's, around the dataset's eps)")
     p.add_argument("--attack", nargs="+",
-                   help=f"run these attacks instead of the suite: all, or names ({', '.join(ATTACKS)})")
+                   help=f"run these attacks instead of the suite: all, or names ({', '.join(ATTACKS)}); "
+                        "with --suite robrank, a subset of its attacks")
     p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="an option of one attack's own constructor, e.g. centroid.optimizer=apgd (repeatable)")
     p.add_argument("--steps", type=int, help="iterations of every attack (with --attack; default 10)")

@@ -40,7 +40,7 @@ class RankingResult:
     seed: int
     columns: dict[str, float]
     clean_columns: dict[str, float]
-    ers: float
+    ers: float | None  # None unless every attack ran
     clean: dict[str, float]
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -60,16 +60,21 @@ def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:
 
 def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *,
                      profile: str = "rob28", queries: int | None = None, seed: int = 0,
-                     attack_kwargs: dict | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
+                     attacks: list[str] | None = None, attack_kwargs: dict | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
                      workers: int = 0, kmeans_restarts: int = 1, progress: bool = False) -> RankingResult:
     """Every RobRank attack of ``profile`` (``rob28``, ``rob224``) on the queries; see the module doc.
 
-    ``attack_kwargs``: per-attack constructor options, e.g. ``{"gtm": {"robrank_compat": True}}``
-    (RobRank's own target choice for GTM, for reproducing its table).
+    ``attacks``: a subset of the nine (default all; the ERS needs all). ``attack_kwargs``: per-attack
+    constructor options, e.g. ``{"gtm": {"robrank_compat": True}}`` (RobRank's own target choice for
+    GTM, for reproducing its table).
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
     attack_kwargs = attack_kwargs or {}
+    attacks = list(attacks or RANKING_ATTACKS)
+    unknown = [a for a in attacks if a not in RANKING_ATTACKS]
+    if unknown:
+        raise ConfigError(f"not a robrank attack: {', '.join(unknown)}; choose from {', '.join(RANKING_ATTACKS)}")
     for name, options in attack_kwargs.items():
         if name not in RANKING_ATTACKS:
             raise ConfigError(f"attack option for '{name}', which is not in the robrank suite "
@@ -99,7 +104,7 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
     was_training = model.training
     model.eval()
     try:
-        for name in RANKING_ATTACKS:
+        for name in attacks:
             attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"],
                                    **attack_kwargs.get(name, {}))
             targets = attack.plan(pool)
@@ -123,23 +128,26 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
     finally:
         model.train(was_training)
     n = len(chosen)
-    columns = {c: sums[c] / n for c in COLUMNS}
-    clean_columns = {c: clean_sums[c] / n for c in COLUMNS}
+    ran = [c for c in COLUMNS if any(c in ATTACKS[a].columns for a in attacks)]
+    columns = {c: sums[c] / n for c in ran}
+    clean_columns = {c: clean_sums[c] / n for c in ran}
     return RankingResult(profile=profile, eps=settings["eps"], queries=n, seed=seed, columns=columns,
-                         clean_columns=clean_columns, ers=ers(columns), clean=clean,
+                         clean_columns=clean_columns, ers=ers(columns) if len(ran) == len(COLUMNS) else None, clean=clean,
                          options={k: dict(v) for k, v in attack_kwargs.items()},
                          seconds=time.perf_counter() - start)
 
 
 def ranking_table(result: dict) -> str:
     """A markdown table of one result's columns (attacked and clean) and the ERS."""
-    head = "| | " + " | ".join(COLUMNS) + " | ERS |"
-    rule = "|---" * (len(COLUMNS) + 2) + "|"
+    columns = [c for c in COLUMNS if c in result["columns"]]
+    head = "| | " + " | ".join(columns) + " | ERS |"
+    rule = "|---" * (len(columns) + 2) + "|"
 
     def fmt(c, v):
         return f"{v:.3f}" if c in ("TMA", "ES:D") else f"{v:.1f}"
 
-    rows = [f"| {label} | " + " | ".join(fmt(c, result[key][c]) for c in COLUMNS) + f" | {value} |"
-            for label, key, value in (("attacked", "columns", f"{result['ers']:.1f}"),
-                                      ("clean", "clean_columns", f"{ers(result['clean_columns']):.1f}"))]
+    complete = len(columns) == len(COLUMNS)
+    rows = [f"| {label} | " + " | ".join(fmt(c, result[key][c]) for c in columns) + f" | {value} |"
+            for label, key, value in (("attacked", "columns", f"{result['ers']:.1f}" if complete else "—"),
+                                      ("clean", "clean_columns", f"{ers(result['clean_columns']):.1f}" if complete else "—"))]
     return "\n".join([head, rule, *rows])

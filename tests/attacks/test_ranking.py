@@ -143,3 +143,13 @@ def test_evaluate_ranking_rejects_bad_options(digits_model):
         evaluate_ranking(digits_model, test, attack_kwargs={"centroid": {}})
     with pytest.raises(ConfigError, match="takes no option"):
         evaluate_ranking(digits_model, test, attack_kwargs={"gtm": {"compat": True}})
+
+
+def test_a_subset_of_the_attacks_fills_its_columns_and_no_ers(digits_model, monkeypatch):
+    monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 2})
+    test = get_dataset("digits", "test")
+    found = evaluate_ranking(digits_model, test, profile="tiny", queries=10, attacks=["gtm", "es"],
+                             attack_kwargs={"gtm": {"robrank_compat": True}})
+    assert set(found.columns) == {"GTM", "ES:D", "ES:R"} and found.ers is None
+    with pytest.raises(ConfigError, match="not a robrank attack"):
+        evaluate_ranking(digits_model, test, profile="tiny", attacks=["centroid"])
