@@ -5,7 +5,8 @@ version (Croce & Hein, arXiv 2003.01690):
 
 - ``strong`` — what every reported figure uses. APGD (100 iterations) on one objective of each
   family: embedding displacement (label-free), centroid margin (clustering), the label-aware
-  balanced centroid attack, the label-aware balanced feature attack, and the retrieval margin;
+  balanced centroid attack, the label-aware balanced feature attack, and retrieval with both its
+  losses (the margin and the softmax over the gallery, as AutoAttack pairs margin and cross-entropy);
   Square (gradient-free, 500 queries) on the balanced centroid objective; uniform noise; transfer
   from a surrogate when one is given. The candidates of every eps are also combined per sample at
   the clustering level (:mod:`robustdml.evaluation.combine`). On an ensemble, the balanced centroid
@@ -63,7 +64,7 @@ _COMPLETE = [
     {"label": "transfer", "attack": "transfer", **_APGD},
 ]
 # The fixed suite every reported figure uses: one objective per family (label-free, clustering
-# margin, label-aware clustering, label-aware feature, retrieval), Square on the label-aware
+# margin, label-aware clustering, label-aware feature, retrieval with two losses), Square on the label-aware
 # clustering objective, the floor and the transfer control.
 _STRONG = [e for e in _COMPLETE if e["label"] in ("displacement", "centroid", "centroid-balanced", "feature-balanced",
                                                   "retrieval", "retrieval-softmax", "square-centroid-balanced", "noise", "transfer")]

@@ -95,7 +95,7 @@ def test_unavailable_device_is_one_line(tmp_path, digits_run, command):
     assert "CUDA is not available" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_fashion_train_then_robrank_suite(tmp_path):
+def test_fashion_train_then_robrank_suite(tmp_path, capsys):
     """RobRank's recipe on tiny Fashion-MNIST files: pair batches, ptriplet, C2F2; then the robrank
     suite writes every column and the ERS."""
     from fixtures import make_fashion
@@ -104,12 +104,19 @@ def test_fashion_train_then_robrank_suite(tmp_path):
     assert main(["train", "--config", "configs/fashion-robrank.yaml", "--out", str(run), "-q", f"root={root}",
                  "epochs=1", "batch_size=16"]) == 0
     out = tmp_path / "robrank.json"
-    proc = run_cli("attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank",
-                   "--queries", "12", "--attack-option", "gtm.robrank_compat=true", "--json", str(out), "-q")
-    assert proc.returncode == 0, proc.stderr
+    assert main(["attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank",
+                 "--queries", "6", "--attack-option", "gtm.robrank_compat=true", "--json", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["profile"] == "rob28" and result["queries"] == 12 and result["options"] == {"gtm": {"robrank_compat": True}}
+    assert result["profile"] == "rob28" and result["queries"] == 6 and result["options"] == {"gtm": {"robrank_compat": True}}
     assert set(result["columns"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT"}
-    assert "ERS" in proc.stdout and "12 queries" in proc.stdout
-    bad = run_cli("attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank", "--steps", "3")
-    assert bad.returncode == 2 and "fixed by its profile" in bad.stderr
+    assert "ERS" in printed and "6 queries" in printed
+    assert main(["attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank",
+                 "--steps", "3"]) == 2
+    assert "fixed by its profile" in capsys.readouterr().err
+    # our own suites run on the same model as on digits
+    fast = tmp_path / "fast.json"
+    assert main(["attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "fast",
+                 "--json", str(fast), "--out", str(tmp_path / "plots"), "-q"]) == 0
+    worst = json.loads(fast.read_text())["worst"]
+    assert list(worst) == [f"{77 / 255:.6g}"]  # the fashion threat model's eps, RobRank's for 28x28
