@@ -104,7 +104,8 @@ def _cmd_attack_ranking(args) -> int:
     out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
     json_path = Path(args.json) if args.json else out_dir / "robrank.json"
     write_json(json_path, result)
-    print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f}; profile {profile} "
+    print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f} (best of "
+          f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
           f"(L∞ eps {found.eps:.4f}), {found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
     print(ranking_table(result))
     print(f"wrote {json_path}")

@@ -120,6 +120,7 @@ def test_evaluate_ranking_end_to_end(digits_model, monkeypatch):
     monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 3})
     found = evaluate_ranking(digits_model, test, profile="tiny", queries=40, seed=1)
     assert found.queries == 40 and set(found.columns) == set(COLUMNS)
+    assert 0 <= found.clean["robrank_nmi"] <= 1 and 0 <= found.clean["nmi"] <= 1
     for column in ("CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM", "GTT"):
         assert 0 <= found.columns[column] <= 100
     # the attacks move each number the way they are built to
