@@ -30,6 +30,7 @@ class Backbone:
     std: tuple[float, ...]
     caffe_input: bool = False  # BGR, [0, 255]: the Caffe-trained BN-Inception's input space
     flat: bool = False  # the module already returns (B, F) features: no global pooling
+    head_init: str = "kaiming"  # the embedding layer's init: "kaiming" (normal, fan-out) or "default" (PyTorch's)
 
 
 BACKBONES: Registry = Registry("backbone")
@@ -114,11 +115,12 @@ def small_cnn(pretrained: bool | str = False, in_channels: int = 1, width: int =
 def c2f2(pretrained: bool | str = False, in_channels: int = 1) -> Backbone:
     """RobRank's 28x28 ranking network up to its last hidden layer: conv 5x5 32 -> ReLU -> max-pool ->
     conv 5x5 64 -> ReLU -> max-pool -> FC 1024 -> ReLU, (B, C, 28, 28) -> (B, 1024); the embedding
-    layer (FC D, D = 512 in RobRank) is the network's head. No normalisation of the input."""
+    layer (FC D, D = 512 in RobRank) is the network's head, initialised as RobRank's (PyTorch's default).
+    No normalisation of the input."""
     if pretrained:
         raise ConfigError("c2f2 has no pretrained weights; set pretrained=false")
     net = nn.Sequential(
         nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True))  # 28x28 input
-    return Backbone(net, 1024, (0.0,) * in_channels, (1.0,) * in_channels, flat=True)
+    return Backbone(net, 1024, (0.0,) * in_channels, (1.0,) * in_channels, flat=True, head_init="default")

@@ -70,8 +70,9 @@ class EmbeddingNet(nn.Module):
         self.backbone = bb.module
         self.flat = bb.flat
         self.embedding = nn.Linear(bb.out_features, spec.embedding_dim)
-        nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
-        nn.init.zeros_(self.embedding.bias)
+        if bb.head_init == "kaiming":
+            nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
+            nn.init.zeros_(self.embedding.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(self.normalize(x))

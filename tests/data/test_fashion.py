@@ -109,5 +109,9 @@ def test_c2f2_is_robranks_network():
     assert sum(p.numel() for p in model.parameters()) == 3_789_184  # RobRank's ~3.8 M
     out = model(torch.rand(3, 1, 28, 28))
     assert out.shape == (3, 512) and torch.allclose(out.norm(dim=1), torch.ones(3))
+    # the embedding layer keeps PyTorch's default init, as RobRank's (our other heads: Kaiming, zero bias)
+    bound = 1 / 1024 ** 0.5
+    assert model.embedding.bias.abs().max() > 0 and model.embedding.weight.abs().max() <= bound
+    assert create_model("small-cnn", embedding_dim=8, in_channels=1).embedding.bias.abs().max() == 0
     with pytest.raises(ConfigError, match="no pretrained"):
         create_model("c2f2", pretrained=True, in_channels=1)
