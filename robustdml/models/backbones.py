@@ -114,7 +114,8 @@ def small_cnn(pretrained: bool | str = False, in_channels: int = 1, width: int =
 @register_backbone("c2f2")
 def c2f2(pretrained: bool | str = False, in_channels: int = 1) -> Backbone:
     """RobRank's 28x28 ranking network up to its last hidden layer: conv 5x5 32 -> ReLU -> max-pool ->
-    conv 5x5 64 -> ReLU -> max-pool -> FC 1024 -> ReLU, (B, C, 28, 28) -> (B, 1024); the embedding
+    conv 5x5 64 -> ReLU -> max-pool -> FC 1024 -> ReLU, (B, C, 28, 28) -> (B, 1024) (other sizes: the
+    7x7 map is average-pooled from the larger one); the embedding
     layer (FC D, D = 512 in RobRank) is the network's head, initialised as RobRank's (PyTorch's default).
     No normalisation of the input."""
     if pretrained:
@@ -122,5 +123,6 @@ def c2f2(pretrained: bool | str = False, in_channels: int = 1) -> Backbone:
     net = nn.Sequential(
         nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True))  # 28x28 input
+        # identity on 28x28 inputs (RobRank's network exactly); other sizes are pooled to its 7x7 map
+        nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True))
     return Backbone(net, 1024, (0.0,) * in_channels, (1.0,) * in_channels, flat=True, head_init="default")
