@@ -127,8 +127,7 @@ class CandidateAttackUp(_CandidateAttack):
     sign = 1.0
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
-        return torch.randint(len(pool.reference), (len(pool.embeddings),),
-                             generator=torch.Generator().manual_seed(pool.seed))
+        return _pick_random(pool)
 
 
 @register_attack
@@ -139,6 +138,11 @@ class CandidateAttackDown(_CandidateAttack):
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
         return _pick_nearest(pool)
+
+
+def _pick_random(pool: CleanPool) -> torch.Tensor:
+    """A database item drawn uniformly for each image, seeded."""
+    return torch.randint(len(pool.reference), (len(pool.embeddings),), generator=torch.Generator().manual_seed(pool.seed))
 
 
 def _pick_nearest(pool: CleanPool) -> torch.Tensor:
@@ -175,8 +179,7 @@ class QueryAttackUp(_QueryAttack):
     sign = 1.0
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
-        return torch.randint(len(pool.reference), (len(pool.embeddings),),
-                             generator=torch.Generator().manual_seed(pool.seed))
+        return _pick_random(pool)
 
 
 @register_attack
@@ -197,8 +200,7 @@ class TargetedMismatch(RankingAttack):
     columns = ("TMA",)
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
-        return torch.randint(len(pool.reference), (len(pool.embeddings),),
-                             generator=torch.Generator().manual_seed(pool.seed))
+        return _pick_random(pool)
 
     def objective(self, embeddings, state):
         return (embeddings * state["target"]).sum(1)

@@ -8,7 +8,22 @@ from torch.utils.data import Sampler
 from ..errors import ConfigError
 
 
-class ClassBalancedBatchSampler(Sampler[list[int]]):
+class _EpochBatches(Sampler[list[int]]):
+    """Batches reproducible per epoch from ``seed``: ``set_epoch`` (as for DistributedSampler)
+    reseeds them, so a resumed run sees the same batches; ``num_batches`` per epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+    num_batches: int = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class ClassBalancedBatchSampler(_EpochBatches):
     """Yields batches of indices with ``samples_per_class`` images from each of
     ``batch_size // samples_per_class`` distinct classes.
 
@@ -34,12 +49,6 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 f"lower batch_size or raise samples_per_class")
         self.batch_size, self.m, self.seed, self.epoch = batch_size, samples_per_class, seed, 0
         self.num_batches = max(1, len(labels) // batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -72,7 +81,7 @@ class RandomBatchSampler(Sampler[list[int]]):
             yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
 
 
-class PairBatchSampler(Sampler[list[int]]):
+class PairBatchSampler(_EpochBatches):
     """SPC-2 batches as RobRank draws them: every training image in turn (shuffled per epoch) is an
     anchor, paired with a random other image of its class; a batch of ``batch_size`` images is
     ``batch_size / 2`` pairs laid out anchor, positive, anchor, positive, ... The epoch has
@@ -88,12 +97,6 @@ class PairBatchSampler(Sampler[list[int]]):
         if lonely:
             raise ConfigError(f"pair batches need at least 2 images per class; class(es) {lonely} have one")
         self.num_batches = max(1, len(labels) // self.pairs)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
