@@ -65,8 +65,8 @@ def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:
 
 def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *,
                      profile: str = "rob28", queries: int | None = None, seed: int = 0,
-                     attacks: list[str] | None = None, attack_kwargs: dict | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
-                     workers: int = 0, kmeans_restarts: int = 1, progress: bool = False) -> RankingResult:
+                     attacks: list[str] | None = None, attack_kwargs: dict | None = None,
+                     device: str | torch.device = "cpu", batch_size: int = 128, workers: int = 0, kmeans_restarts: int = 1, progress: bool = False) -> RankingResult:
     """Every RobRank attack of ``profile`` (``rob28``, ``rob224``) on the queries; see the module doc.
 
     ``attacks``: a subset of the nine (default all; the ERS needs all). ``attack_kwargs``: per-attack
@@ -106,6 +106,8 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
     pool = CleanPool(query_emb[picked], torch.from_numpy(query_labels[chosen]), torch.zeros(0, dtype=torch.long),
                      torch.zeros(0, 1), database, torch.from_numpy(database_labels), seed=seed,
                      self_index=self_index[picked])
+    loader = DataLoader(IndexedDataset(Subset(query_set, chosen.tolist())), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
     sums = {c: 0.0 for c in COLUMNS}
     clean_sums = {c: 0.0 for c in COLUMNS}
     was_training = model.training
@@ -115,8 +117,6 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
             attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"],
                                    **attack_kwargs.get(name, {}))
             targets = attack.plan(pool)
-            loader = DataLoader(IndexedDataset(Subset(query_set, chosen.tolist())), batch_size=batch_size,
-                                shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
             for images, labels, local in tqdm(loader, desc=f"{profile} {name}", leave=False,
                                               disable=None if progress else True):
                 index = torch.from_numpy(chosen[local.numpy()])
