@@ -30,11 +30,17 @@ from ..registry import Registry
 CHUNK_BYTES = 256 * 2**20
 
 
-def kmeans(embeddings: np.ndarray, k: int, seed: int = 0, restarts: int = 5, iterations: int = 100):
-    """faiss k-means keeping the best of ``restarts`` runs. Returns (assignments (N,), centroids (k, D))."""
+def kmeans(embeddings: np.ndarray, k: int, seed: int = 0, restarts: int = 5, iterations: int = 100,
+           max_points_per_centroid: int | None = None):
+    """faiss k-means keeping the best of ``restarts`` runs. Returns (assignments (N,), centroids (k, D)).
+
+    Trained on every point unless ``max_points_per_centroid`` is given: then, as faiss does by
+    default, on a random sample of ``k * max_points_per_centroid`` points when there are more.
+    """
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    cap = max(256, len(x)) if max_points_per_centroid is None else max_points_per_centroid
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=restarts, seed=seed, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=max(256, len(x)))
+                      min_points_per_centroid=1, max_points_per_centroid=cap)
     km.train(x)
     _, assign = km.index.search(x, 1)
     return assign.ravel().astype(np.int64), km.centroids.copy()

@@ -107,3 +107,25 @@ def test_evaluate_embeddings_returns_floats():
     assert list(result)[:3] == ["nmi", "f1", "ari"]
     assert all(type(v) is float for v in result.values())
     assert "recall@8" in result and "map@r" in result
+
+
+def test_robrank_kmeans_is_faiss_default_call():
+    """RobRank's NMI calls ``faiss.Kmeans(d, k, seed=123)`` with faiss's defaults: ours must equal it,
+    sample of 256 points per centroid included (the sample changes the clusters, hence the NMI)."""
+    import faiss
+
+    from robustdml.evaluation.ranking import ROBRANK_KMEANS
+
+    defaults = faiss.ClusteringParameters()
+    assert ROBRANK_KMEANS["iterations"] == defaults.niter and ROBRANK_KMEANS["restarts"] == defaults.nredo
+    assert ROBRANK_KMEANS["max_points_per_centroid"] == defaults.max_points_per_centroid
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3000, 8)) + np.repeat(rng.normal(scale=2, size=(3, 8)), 1000, axis=0)).astype(np.float32)
+    ours, _ = kmeans(x, 3, **ROBRANK_KMEANS)
+    reference = faiss.Kmeans(8, 3, seed=123, verbose=False)
+    reference.train(x)
+    assert np.array_equal(ours, reference.index.search(x, 1)[1].ravel())
+    # trained on all points, the same seed gives other centroids
+    _, sampled = kmeans(x, 3, **ROBRANK_KMEANS)
+    _, full = kmeans(x, 3, **{**ROBRANK_KMEANS, "max_points_per_centroid": None})
+    assert not np.allclose(sampled, full)
