@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import Subset
 
 from ..attacks import ThreatModel
 from ..data import dataset_spec, evaluation_sets
 from ..errors import ConfigError, RobustDMLError
-from ..evaluation.ranking import evaluate_ranking
+from ..evaluation.ranking import evaluate_ranking, query_subset
 from ..evaluation.robust import AttackSuite, RobustResult, eps_key, evaluate_robustness
 from ..files import write_json, write_text
 from ..models import load_model
@@ -54,6 +55,8 @@ class BenchmarkConfig:
     attack: dict = field(default_factory=dict)         # an AttackSuite: attacks, eps (default the dataset's), steps, ...
     # RobRank's ranking attacks and ERS for every cell as well: {profile, queries, attack_kwargs}; empty: not run
     ranking: dict = field(default_factory=dict)
+    # the clustering suite on a seeded random sample of this many test queries (None: all of them)
+    attack_queries: int | None = None
     surrogate: bool = True
     base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
 
@@ -63,6 +66,8 @@ class BenchmarkConfig:
                 raise ConfigError(f"unknown grid key '{key}'; the grid has dataset, backbone, method, seed")
             if not isinstance(values, list):
                 raise ConfigError(f"grid key '{key}' must be a list")
+        if self.attack_queries is not None and (not isinstance(self.attack_queries, int) or self.attack_queries < 2):
+            raise ConfigError(f"attack_queries must be a whole number >= 2, got {self.attack_queries!r}")
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
         if unknown:
             raise ConfigError(f"ranking takes profile, queries and attack_kwargs, not {', '.join(sorted(unknown))}")
@@ -162,8 +167,11 @@ class Benchmark:
         device = resolve_device(cfg.device)
         surrogate_run = self.surrogate(cell)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        attacked = query
+        if self.cfg.attack_queries is not None:
+            attacked = Subset(query, query_subset(len(query), self.cfg.attack_queries, cfg.seed).tolist())
         found = evaluate_robustness(
-            load_model(run, device=device), query, gallery, self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
+            load_model(run, device=device), attacked, gallery, self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
             ks=dataset_spec(cfg.dataset).recall_ks, device=device, kmeans_seed=cfg.seed,
             surrogate=load_model(surrogate_run, device) if surrogate_run else None,
             kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)

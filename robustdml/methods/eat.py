@@ -8,7 +8,7 @@ self-transferring mechanism brings the robustness of the whole ensemble into eve
 Our choices where the text is silent (docs/eat.md): N members of one architecture with independent
 initialisation and their own Proxy Anchor proxies; a seeded random partition of the training
 samples, member i training on ``parts_per_member`` parts starting after part i (default N - 1:
-every part except part i); self-transfer as adversarial examples crafted against the *whole
+every part except part i; with RobRank's pair triplet loss a pair follows its anchor's part); self-transfer as adversarial examples crafted against the *whole
 ensemble* (the attack maximises the ensemble embedding's displacement or the ensemble's loss), each
 member updated on those that fall in its own parts. ``transfer="self"`` (each member crafts against
 itself) and ``split="none"`` are the ablations; both together are the plain-ensemble control.
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..losses import PairTripletLoss
 from ..models import EnsembleNet
 from .adversarial import AdversarialMethod, TrainingAttack
 from .base import TrainingSetup, register_method
@@ -107,7 +108,11 @@ class EAT(AdversarialMethod):
     def loss(self, model, criterion, images, labels, index):
         if not isinstance(model, EnsembleNet) or len(model.members) != self.members:
             raise ConfigError("the eat method trains the ensemble it builds; got another model")
-        masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
+        if isinstance(criterion[0], PairTripletLoss):
+            # pair batches (anchor, positive, ...) stay whole: a pair goes where its anchor's part goes
+            masks = [m.repeat_interleave(2) for m in self.masks(index[0::2])]
+        else:
+            masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
         if self.transfer == "ensemble":
             # self-transfer: what fools the whole ensemble teaches every member
             if self.adversary.objective == "loss":

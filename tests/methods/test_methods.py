@@ -74,7 +74,7 @@ def test_bad_method_options(name, kwargs, match):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_on_digits(method, tmp_path):
     cfg = config_from_dict({"epochs": 1, "embedding_dim": 16, "batch_size": 64, "method": method,
-                            "method_kwargs": {"steps": 2} if method in ("pgd-at", "trades", "eat") else {},
+                            "method_kwargs": {"steps": 2} if method in ("pgd-at", "trades", "eat", "est", "act", "hm") else {},
                             "robust_eval_size": 64, "robust_eval_steps": 2, "select_metric": "robust_nmi"})
     result = train(cfg, tmp_path / method, progress=False)
     assert 0 <= result.clean["nmi"] <= 1 and "robust_nmi" in result.clean
@@ -86,7 +86,7 @@ def _fixture_step(method, dataset, backbone, tmp_path):
     cfg = config_from_dict({
         "dataset": dataset, "root": str(root), "backbone": backbone, "pretrained": False, "image_size": 32,
         "embedding_dim": 8, "epochs": 1, "batch_size": 4, "method": method, "robust_eval": False,
-        "method_kwargs": {"steps": 1} if method in ("pgd-at", "trades", "eat") else {}})
+        "method_kwargs": {"steps": 1} if method in ("pgd-at", "trades", "eat", "est", "act", "hm") else {}})
     result = train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert set(result.clean) >= {"nmi", "f1", "ari", "recall@1", "map@r"}

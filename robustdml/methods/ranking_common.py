@@ -1,0 +1,139 @@
+"""What RobRank's defences (``est``, ``act``, ``hm``) share: their training adversary and the
+triplets they perturb.
+
+The adversary is RobRank's: L∞ signed-gradient PGD from the clean images (no random start), the
+model in eval mode, 32 steps; eps from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on
+the 224-pixel datasets) and RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its
+224-pixel one; ours: 3/255 whenever eps exceeds 16/255).
+
+Triplets are RobRank's ``spc2-random`` ones on pair batches (``sampler: pairs``): each even position
+an anchor, the next image its positive, one uniformly random image of another class its negative.
+On other batches (ours) every image with a same-class partner in the batch is an anchor, with a
+random positive of its class and a random negative.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import Norm, ThreatModel
+from ..attacks.optim import project
+from ..errors import ConfigError
+from ..losses import PairTripletLoss
+from .adversarial import AdversarialMethod
+
+#: RobRank's triplet margin for normalised Euclidean embeddings
+MARGIN = 0.2
+
+
+def robrank_step(eps: float) -> float:
+    """RobRank's PGD step for a budget: 3/255 for its 28-pixel eps (77/255), 1/255 for its 224-pixel one (8/255)."""
+    return 3 / 255 if eps > 16 / 255 else 1 / 255
+
+
+class RankingAdversary:
+    """The training adversary of RobRank's defences: maximises ``objective(x')`` (a per-row value;
+    the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
+
+    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None):
+        if eps is not None and (not isinstance(eps, (int, float)) or not eps >= 0):
+            raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
+        if step_size is not None and (not isinstance(step_size, (int, float)) or not step_size > 0):
+            raise ConfigError(f"step_size must be a positive number, got {step_size!r}")
+        self.eps, self.steps, self.step_size = eps, steps, step_size
+        self.bound_eps: float | None = None
+        if eps is not None:
+            self.bind(ThreatModel(eps, Norm.LINF))
+
+    def bind(self, threat: ThreatModel) -> None:
+        if threat.norm is not Norm.LINF and self.eps is None:
+            raise ConfigError("RobRank's defences train against an L-infinity adversary; set the method's eps")
+        self.bound_eps = float(self.eps if self.eps is not None else threat.eps)
+
+    @property
+    def step(self) -> float:
+        return self.step_size if self.step_size is not None else robrank_step(self.bound_eps)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
+                 stop_when_flat: bool = False) -> torch.Tensor:
+        """Maximise ``objective(embeddings)`` of the model's embeddings of the perturbed ``images``.
+        ``stop_when_flat``: stop once the summed objective changes by less than 1e-7 between two
+        steps (RobRank's hardness manipulation does, to save time once every triplet is where it
+        should be)."""
+        if self.bound_eps is None:
+            raise RuntimeError("the training adversary has no eps: pass eps or call the method's setup() first")
+        x = images.detach()
+        if self.bound_eps == 0:
+            return x
+        was_training = model.training
+        model.eval()
+        delta, previous = torch.zeros_like(x), None
+        try:
+            for _ in range(self.steps):
+                d = delta.requires_grad_(True)
+                value = objective(model(x + d)).sum()
+                (grad,) = torch.autograd.grad(value, d)
+                delta = project(x, delta.detach() + self.step * grad.sign(), self.bound_eps, Norm.LINF)
+                if stop_when_flat:
+                    current = float(value.detach())
+                    if previous is not None and abs(current - previous) < 1e-7:
+                        break
+                    previous = current
+        finally:
+            model.train(was_training)
+        return (x + delta).detach()
+
+
+class RankingDefence(AdversarialMethod):
+    """Base of ``est``, ``act`` and ``hm``: the adversary bound to the dataset's threat model."""
+
+    adversary: RankingAdversary
+
+
+def mine_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(anchors, positives, negatives) positions in the batch; see the module doc. Random choices
+    come from the global generator, so a resumed run repeats them."""
+    n = len(labels)
+    if n % 2 == 0 and n > 0 and torch.equal(labels[0::2], labels[1::2]):
+        anchors = torch.arange(0, n, 2, device=labels.device)
+        positives = anchors + 1
+    else:
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        anchors = same.any(1).nonzero().squeeze(1)
+        positives = (torch.multinomial(same[anchors].float(), 1).squeeze(1) if len(anchors)
+                     else anchors.clone())
+    other = labels[anchors, None] != labels[None, :]
+    keep = other.any(1)
+    anchors, positives, other = anchors[keep], positives[keep], other[keep]
+    negatives = torch.multinomial(other.float(), 1).squeeze(1) if len(anchors) else anchors.clone()
+    return anchors, positives, negatives
+
+
+def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Euclidean distance of the L2-normalised embeddings (RobRank's metric ``N``)."""
+    return (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).norm(dim=-1)
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                 margin: float = MARGIN) -> torch.Tensor:
+    """Per-triplet ``relu(d(a, p) - d(a, n) + margin)`` (RobRank's ``lossfunc.raw``)."""
+    return (distance(anchor, positive) - distance(anchor, negative) + margin).clamp_min(0)
+
+
+def adversarial_triplet_loss(criterion: nn.Module, anchor: torch.Tensor, positive: torch.Tensor,
+                             negative: torch.Tensor, labels: torch.Tensor,
+                             triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The training loss on (possibly perturbed) triplet embeddings: with RobRank's pair triplet loss,
+    its triplet loss on exactly these triplets (its margin); with any other loss (Proxy Anchor...),
+    that loss on the three sets of embeddings with their labels (ours)."""
+    if isinstance(criterion, PairTripletLoss):
+        return triplet_loss(anchor, positive, negative, criterion.margin).mean()
+    a, p, n = triplets
+    return criterion(torch.cat([anchor, positive, negative]), torch.cat([labels[a], labels[p], labels[n]]))
