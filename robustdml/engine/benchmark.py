@@ -162,7 +162,9 @@ class Benchmark:
     def run_cell(self, cell: dict) -> dict:
         cfg = self.cfg.train_config(cell)
         run = self.out / "cells" / cell_name(cell) / "run"
-        Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
+        trainer = Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress)
+        trainer.fit()
+        epoch_seconds = [row["train_seconds"] for row in trainer.history if "train_seconds" in row]
 
         device = resolve_device(cfg.device)
         surrogate_run = self.surrogate(cell)
@@ -177,6 +179,8 @@ class Benchmark:
             kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
         result = found.to_dict()
         result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(), main_eps_key=eps_key(found.main_eps))
+        if epoch_seconds:
+            result["seconds_per_epoch"] = round(float(np.mean(epoch_seconds)), 1)
         if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
             result["tsne"] = tsne_points(found, seed=cfg.seed)
         if self.cfg.ranking:

@@ -73,6 +73,7 @@ class TrainConfig:
     sampler: str = "auto"
     lr: float = 1e-4
     proxy_lr_mult: float = 100.0
+    backbone_lr_mult: float = 1.0  # the backbone's lr = lr x this (the embedding head's: lr), e.g. 0.1 for a pretrained ViT
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     schedule: str = "step"
@@ -111,11 +112,12 @@ class TrainConfig:
         from ..evaluation.suite import NAMED
         from ..losses import LOSSES, _key
         from ..methods import METHODS
-        from ..models import BACKBONES
+        from ..models import BACKBONES, is_backbone
 
         return [
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, not '{self.dataset}'"),
-            (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'"),
+            (is_backbone(self.backbone),
+             f"backbone must be one of {', '.join(BACKBONES)} or timm/<a timm model name>, not '{self.backbone}'"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, not '{self.method}'"),
             (_key(self.loss) in LOSSES, f"loss '{self.loss}' is not a pytorch-metric-learning loss"),
             (self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'"),
@@ -138,6 +140,7 @@ class TrainConfig:
             (self.samples_per_class >= 0, f"samples_per_class must be 0 (random batches) or more, got {self.samples_per_class}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.proxy_lr_mult > 0, f"proxy_lr_mult must be positive, got {self.proxy_lr_mult}"),
+            (self.backbone_lr_mult > 0, f"backbone_lr_mult must be positive, got {self.backbone_lr_mult}"),
             (self.lr * self.proxy_lr_mult < 1e30, "lr x proxy_lr_mult must be below 1e30 (float32 optimiser state)"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,

@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,12 +151,12 @@ class Trainer:
         self.loss_fn = distributed_criterion(self.criterion) if self.world > 1 else self.criterion
 
     def _build_optimizer(self) -> None:
-        """AdamW over backbone, head, the loss's own parameters (proxies, at ``proxy_lr_mult``) and
-        the method's groups; the learning-rate schedule."""
+        """AdamW over backbone (at ``backbone_lr_mult``), head, the loss's own parameters (proxies, at
+        ``proxy_lr_mult``) and the method's groups; the learning-rate schedule."""
         cfg = self.cfg
         head = {id(p) for p in self.model.head_parameters()}
         groups = [
-            {"params": [p for p in self.model.parameters() if id(p) not in head], "lr": cfg.lr},
+            {"params": [p for p in self.model.parameters() if id(p) not in head], "lr": cfg.lr * cfg.backbone_lr_mult},
             {"params": self.model.head_parameters(), "lr": cfg.lr},
         ]
         loss_params = list(self.criterion.parameters())
@@ -298,10 +299,12 @@ class Trainer:
     def run_epoch(self, epoch: int, main: bool, writer) -> None:
         """Train one epoch, then the end-of-epoch sync every rank goes through in the same order:
         embed (sharded), evaluate (rank 0), gather every rank's RNG state, write (rank 0), barrier."""
+        started = time.perf_counter()
         loss = self.train_epoch(epoch)
+        seconds = time.perf_counter() - started
         evaluating = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
         embeddings = self.embed_test() if evaluating else None  # every rank embeds a slice
-        row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": seconds}
         if main and evaluating:
             row.update(self._select(epoch, self.evaluate(embeddings)))
         rngs = gather_objects(rng_state())  # after evaluating: it draws from the generators too

@@ -28,6 +28,14 @@ from ..registry import check_options
 from .embed import embed
 from .metrics import clustering_metrics, kmeans, nmi, retrieval_metrics
 
+#: RobRank's published Fashion-MNIST rows (its doc/dmltab-fashion.txt; C2F2, triplet ``ptripletN``,
+#: rob28): clean R@1 and NMI, then its ten columns; ERS follows from the columns by :func:`ers`.
+PUBLISHED_FASHION = {
+    "standard": {"recall@1": 0.876, "nmi": 0.766, "columns": (1.1, 96.8, 0.3, 97.8, 0.990, 1.604, 0.1, 0.0, 12.6, 0.0)},
+    "est": {"recall@1": 0.766, "nmi": 0.610, "columns": (14.9, 36.1, 20.9, 48.6, 0.966, 0.288, 62.0, 28.0, 20.8, 0.0)},
+    "act": {"recall@1": 0.787, "nmi": 0.672, "columns": (33.6, 14.6, 38.5, 12.1, 0.259, 0.541, 48.5, 59.5, 60.2, 0.1)},
+}
+
 #: RobRank's clustering for NMI: one faiss k-means run, seed 123, with faiss's defaults otherwise
 #: (25 iterations; trained on a random sample of 256 points per centroid, 2,560 of Fashion-MNIST's 10,000)
 ROBRANK_KMEANS = {"seed": 123, "restarts": 1, "iterations": 25, "max_points_per_centroid": 256}

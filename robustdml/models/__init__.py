@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .backbones import BACKBONES, register_backbone
+from .backbones import BACKBONES, is_backbone, register_backbone
 from .embedding import EmbeddingNet, EnsembleNet, ModelSpec, Normalize
 from .io import load_model, save_model
 
@@ -19,5 +19,5 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs) -> Embeddi
     return EmbeddingNet(ModelSpec(backbone=name, **kwargs), pretrained=pretrained)
 
 
-__all__ = ["BACKBONES", "register_backbone", "EmbeddingNet", "EnsembleNet", "ModelSpec", "Normalize",
+__all__ = ["BACKBONES", "is_backbone", "register_backbone", "EmbeddingNet", "EnsembleNet", "ModelSpec", "Normalize",
            "create_model", "load_model", "save_model"]

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -126,3 +127,103 @@ def c2f2(pretrained: bool | str = False, in_channels: int = 1) -> Backbone:
         # identity on 28x28 inputs (RobRank's network exactly); other sizes are pooled to its 7x7 map
         nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True))
     return Backbone(net, 1024, (0.0,) * in_channels, (1.0,) * in_channels, flat=True, head_init="default")
+
+
+TIMM_PREFIX = "timm/"
+
+
+def is_backbone(name: str) -> bool:
+    """A registered backbone, or ``timm/<model name>`` for any model timm knows."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+        return timm.is_model(name[len(TIMM_PREFIX):])
+    return name in BACKBONES
+
+
+def backbone_builder(name: str):
+    """The builder ``(pretrained, in_channels, **options) -> Backbone`` of a backbone name."""
+    if name.startswith(TIMM_PREFIX):
+        if not is_backbone(name):
+            raise ConfigError(f"timm has no model '{name[len(TIMM_PREFIX):]}' (timm.list_models() lists them)")
+        return lambda pretrained=False, in_channels=3, **options: timm_backbone(
+            name[len(TIMM_PREFIX):], pretrained, in_channels, **options)
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)} or timm/<model name>")
+    return BACKBONES[name]
+
+
+class TimmFeatures(nn.Module):
+    """A timm model (built with ``num_classes=0``) as a feature extractor: CNNs' (B, C, h, w) maps are
+    globally average- plus max-pooled (as for our ResNets); other models (transformers) give their
+    own pre-logits feature (the CLS token or their pooled tokens, as the model's config says)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.forward_features(x)
+        if f.dim() == 4 and f.shape[1] == self.net.num_features:
+            return f.mean((2, 3)) + f.amax((2, 3))
+        return self.net.forward_head(f, pre_logits=True)
+
+
+def _timm_cached_weights(net: nn.Module, name: str) -> Path:
+    """The local file of a timm model's pretrained weights (Hugging Face cache or torch hub cache);
+    nothing is downloaded."""
+    cfg = net.pretrained_cfg or {}
+    places = []
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+        repo = cfg["hf_hub_id"]
+        for filename in ("model.safetensors", "pytorch_model.bin", cfg.get("hf_hub_filename")):
+            if filename:
+                found = try_to_load_from_cache(repo, filename)
+                if isinstance(found, str) and Path(found).is_file():
+                    return Path(found)
+        places.append(f"the Hugging Face cache (repo {repo}, e.g. `huggingface-cli download {repo}` where there is network)")
+    if cfg.get("url"):
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg["url"]).name
+        if cached.is_file():
+            return cached
+        places.append(f"{cached}")
+    where = " or ".join(places) or "no download location is known for it"
+    raise ConfigError(f"pretrained weights for timm/{name} are not on this machine ({where}); "
+                      f"pass pretrained=PATH to a weight file, or pretrained=false")
+
+
+def _load_timm_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a full-model state dict into a classifier-less timm model: the classifier's keys are
+    dropped, every other key must match."""
+    own = net.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(("head.", "fc.", "classifier.", "head_dist."))}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + shapes
+    if problems:
+        raise ModelFileError(f"{source} does not fit this timm model: {'; '.join(problems[:3])}"
+                             + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+    net.load_state_dict(state)
+
+
+def timm_backbone(name: str, pretrained: bool | str = False, in_channels: int = 3, **options) -> Backbone:
+    """Any timm model by name, e.g. ``vit_small_patch16_224.dino``, ``resnet50.a1_in1k``;
+    ``options`` go to ``timm.create_model`` (e.g. ``img_size``). Input normalisation is the
+    pretrained config's mean and std."""
+    import timm
+
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, **options)
+    except TypeError as e:
+        raise ConfigError(f"bad backbone_kwargs for timm/{name}: {e}") from None
+    if pretrained is True:
+        path = _timm_cached_weights(net, name)
+        _load_timm_state(net, read_weight_file(path), str(path))
+    elif pretrained:
+        _load_timm_state(net, read_weight_file(pretrained), str(pretrained))
+    cfg = net.pretrained_cfg or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    if len(mean) != in_channels:
+        mean, std = (float(np.mean(mean)),) * in_channels, (float(np.mean(std)),) * in_channels
+    return Backbone(TimmFeatures(net), net.num_features, mean, std, flat=True)

@@ -3,14 +3,14 @@ layer to D, L2 normalisation. It maps [0, 1] images (B, C, H, W) to unit embeddi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .backbones import BACKBONES
+from .backbones import backbone_builder
 
 
 class Normalize(nn.Module):
@@ -56,14 +56,14 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, spec: ModelSpec, pretrained: bool | str = False):
         super().__init__()
-        if spec.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone '{spec.backbone}'; choose from {', '.join(BACKBONES)}")
+        builder = backbone_builder(spec.backbone)
         if spec.embedding_dim < 1:
             raise ConfigError(f"embedding_dim must be at least 1, got {spec.embedding_dim}")
-        self.spec = spec
-        bb = BACKBONES[spec.backbone](pretrained=pretrained, in_channels=spec.in_channels, **spec.backbone_kwargs)
+        bb = builder(pretrained=pretrained, in_channels=spec.in_channels, **spec.backbone_kwargs)
         mean = spec.mean if spec.mean is not None else list(bb.mean)
         std = spec.std if spec.std is not None else list(bb.std)
+        # the normalisation is saved with the model, so a rebuilt model needs nothing else to match
+        self.spec = spec = replace(spec, mean=[float(m) for m in mean], std=[float(s) for s in std])
         if len(mean) != spec.in_channels or len(std) != spec.in_channels:
             raise ConfigError(f"mean and std need {spec.in_channels} values, one per input channel")
         self.normalize = Normalize(mean, std, bgr=bb.caffe_input)

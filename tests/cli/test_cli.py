@@ -120,3 +120,14 @@ def test_fashion_train_then_robrank_suite(tmp_path, capsys):
                  "--json", str(fast), "--out", str(tmp_path / "plots"), "-q"]) == 0
     worst = json.loads(fast.read_text())["worst"]
     assert list(worst) == [f"{77 / 255:.6g}"]  # the fashion threat model's eps, RobRank's for 28x28
+
+
+def test_train_on_a_timm_backbone_from_the_command_line(tmp_path):
+    from robustdml import load_model
+    run = tmp_path / "timm"
+    assert main(["train", "--config", "configs/digits.yaml", "--out", str(run), "-q", *FAST, "robust_eval=false",
+                 "backbone=timm/test_resnet", "backbone_lr_mult=0.1"]) == 0
+    model = load_model(run)  # rebuilt from the saved description alone
+    assert model.spec.backbone == "timm/test_resnet" and model.spec.in_channels == 1
+    assert main(["train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "bad"), "-q",
+                 "backbone=timm/no_such_model"]) != 0

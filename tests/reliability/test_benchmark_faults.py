@@ -11,6 +11,7 @@ import yaml
 
 from robustdml.engine import Trainer
 from robustdml.engine.benchmark import Benchmark, load_benchmark_config
+from robustdml.errors import ConfigError
 from robustdml.reporting.report import build_report, group_tables, load_cells
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,13 +108,21 @@ def test_benchmark_runs_robrank_columns_into_the_report(tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 2})
     cfg = load_benchmark_config(tiny_config(tmp_path, methods=("standard",)))
     cfg.ranking = {"profile": "tiny", "queries": 20}
+    cfg.attack_queries = 30
     Benchmark(cfg.validate(), tmp_path / "out", progress=False).run()
     cell = json.loads((tmp_path / "out/cells/digits-small-cnn-standard-s0/result.json").read_text())
     assert cell["robrank"]["queries"] == 20 and set(cell["robrank"]["columns"]) >= {"CA+", "GTT"}
+    assert len(cell["tsne"]["labels"]) == 30  # the clustering suite ran on the 30 sampled queries
+    assert cell["seconds_per_epoch"] > 0
     md, _ = build_report(tmp_path / "out")
     row = next(line for line in md.read_text().splitlines() if line.startswith("| standard | 1 |") and "±" in line
-               and line.count("|") == 14)
-    assert f"{cell['robrank']['ers']:.2f} ± 0.00" in row
+               and line.count("|") == 17)
+    assert f"{cell['robrank']['ers']:.3g} ± 0" in row and f"{cell['robrank']['clean']['recall@1']:.3g} ± 0" in row
+    assert row.rstrip(" |").endswith(f"{cell['seconds_per_epoch']:.0f}")
+    cfg.attack_queries = 1
+    with pytest.raises(ConfigError, match="attack_queries"):
+        cfg.validate()
+    cfg.attack_queries = None
     cfg.ranking = {"profile": "tiny", "query": 5}
     with pytest.raises(Exception, match="ranking takes"):
         cfg.validate()
