@@ -73,6 +73,7 @@ class TrainConfig:
     sampler: str = "auto"
     lr: float = 1e-4
     proxy_lr_mult: float = 100.0
+    noise_sigma: float = 0.0  # Gaussian noise of this std added to every training image (for `robustdml certify`)
     backbone_lr_mult: float = 1.0  # the backbone's lr = lr x this (the embedding head's: lr), e.g. 0.1 for a pretrained ViT
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
@@ -141,6 +142,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.proxy_lr_mult > 0, f"proxy_lr_mult must be positive, got {self.proxy_lr_mult}"),
             (self.backbone_lr_mult > 0, f"backbone_lr_mult must be positive, got {self.backbone_lr_mult}"),
+            (self.noise_sigma >= 0, f"noise_sigma must be >= 0, got {self.noise_sigma}"),
             (self.lr * self.proxy_lr_mult < 1e30, "lr x proxy_lr_mult must be below 1e30 (float32 optimiser state)"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,

@@ -269,6 +269,9 @@ class Trainer:
         """One optimiser step on one batch; returns the loss (on the device, detached)."""
         cfg = self.cfg
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if cfg.noise_sigma > 0:
+            # smoothing-aware training: Gaussian noise as the smoothed model will see it (not clamped)
+            images = images + cfg.noise_sigma * torch.randn_like(images)
         if self.cuda and cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):

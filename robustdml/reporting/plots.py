@@ -88,3 +88,18 @@ def _save(fig, path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_certified(results: dict[str, dict], path: str | Path) -> Path:
+    """Certified fraction against the L2 input radius, assignment and Recall@1, one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for name, found in results.items():
+        axes[0].plot(found["radii"], found["certified_assignment"], marker="o", label=name)
+        axes[1].plot(found["radii"], found["certified_recall_at_1"], marker="o", label=name)
+    for ax, title in zip(axes, ("k-means assignment", "Recall@1 answer")):
+        ax.set_title(f"certified {title}")
+        ax.set_xlabel("L2 radius (pixel units)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of test images")
+    axes[1].legend(fontsize=7)
+    return _save(fig, path)

@@ -131,3 +131,22 @@ def test_train_on_a_timm_backbone_from_the_command_line(tmp_path):
     assert model.spec.backbone == "timm/test_resnet" and model.spec.in_channels == 1
     assert main(["train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "bad"), "-q",
                  "backbone=timm/no_such_model"]) != 0
+
+
+def test_certify_writes_curves_and_rejects_bad_settings(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/digits.yaml", "--out", str(run), "-q", *FAST, "robust_eval=false",
+                 "noise_sigma=0.25"]) == 0
+    assert main(["certify", str(run), "--dataset", "digits", "--sigma", "0.25", "--samples", "500", "--alpha", "0.1",
+                 "--center-samples", "800", "--queries", "6", "--radii", "0", "0.05", "-q"]) == 0
+    found = json.loads((run / "certify" / "certify-sigma0.25.json").read_text())
+    assert found["queries"] == 6 and len(found["certified_assignment"]) == 2
+    assert len(found["centroids"]) == len(set(found["per_image"]["labels"]))  # k = the classes present
+    assert (run / "certify" / "certify-sigma0.25.png").is_file()
+    capsys.readouterr()
+    for args, message in [(["--sigma", "0"], "sigma must be positive"),
+                          (["--sigma", "0.25", "--center-samples", "100"], "too few"),
+                          (["--sigma", "0.25", "--samples", "100", "--radii", "1.0"], "cannot be certified")]:
+        assert main(["certify", str(run), "--dataset", "digits", "--queries", "4", "-q", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

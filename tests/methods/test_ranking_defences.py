@@ -198,10 +198,11 @@ def test_trains_with_robrank_recipe_on_fashion(name, tmp_path):
     assert 0 <= result.clean["recall@1"] <= 1
 
 
-def test_hm_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("name", ["est", "act", "hm"])
+def test_resume_gives_the_same_weights(name, tmp_path):
     from fixtures import make_fashion
     root = make_fashion(tmp_path / "fashion")
-    base = {**FASHION, "root": str(root), "method": "hm", "method_kwargs": {"steps": 2}}
+    base = {**FASHION, "root": str(root), "method": name, "method_kwargs": {"steps": 2}}
     train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
     train(config_from_dict({**base, "epochs": 2}), tmp_path / "a", resume=True, progress=False)
     train(config_from_dict({**base, "epochs": 2}), tmp_path / "b", progress=False)
