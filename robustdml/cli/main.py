@@ -292,8 +292,8 @@ def _add_certify(sub) -> None:
     p.add_argument("--sigma", type=float, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     p.add_argument("--radii", type=float, nargs="+", help="L2 input radii to certify (default: 0, .25, .5, .75, 1 x sigma)")
     p.add_argument("--samples", type=int, default=10_000, help="noise draws for each certificate (default 10000)")
-    p.add_argument("--center-samples", type=int, default=2_000,
-                   help="noise draws for the smoothed embedding, and again for its check (default 2000)")
+    p.add_argument("--center-samples", type=int, default=10_000,
+                   help="noise draws the candidate centers are measured against, and again for the check (default 10000)")
     p.add_argument("--alpha", type=float, default=0.01, help="1 - confidence of each certificate (default 0.01)")
     p.add_argument("--delta", type=float, default=0.05, help="mass beyond 1/2 the center's ball must hold (default 0.05)")
     p.add_argument("--queries", type=int, help="certify a seeded sample of this many test images (default: all)")

@@ -2,10 +2,11 @@
 Smoothing: Certified Robustness for Networks with Structured Outputs", NeurIPS 2021); docs/certify.md.
 
 The smoothed embedding of an image x is the center of the embeddings f(x + δ), δ ~ N(0, σ²I): of
-``center_samples`` draws, the one with the smallest median distance to the others (a 2-approximate
-center of the smallest ball holding half of them); it is kept only if a fresh set of as many draws
-confirms that the ball of that median radius holds at least 1/2 + Δ of the mass (Hoeffding, at
-confidence α/2), otherwise the image abstains. Certificate: with probability at least 1 − α, every
+``candidates`` draws, the one with the smallest median distance to ``center_samples`` other draws
+(the paper's procedure for high-dimensional outputs: an approximate center of the smallest ball
+holding half of the mass). It is kept only if a fresh set of as many draws confirms that the ball
+of that median radius holds at least 1/2 − Δ + ε₁ of them (ε₁ Hoeffding's error at confidence α/2);
+otherwise the image abstains. Certificate: with probability at least 1 − α, every
 x' with ‖x' − x‖₂ ≤ ε has a smoothed embedding within
 
     R(ε) = 3 · q-quantile of ‖f(x + δ) − center‖ over ``samples`` fresh draws,
@@ -48,7 +49,9 @@ class Smoothing:
     Args:
         sigma: std of the Gaussian noise, in [0, 1] pixel units (L2 certificates).
         samples: draws for the certificate's quantile (the paper's n_cert).
-        center_samples: draws for the center, and again for its check (the paper's n_pred).
+        center_samples: draws the candidate centers are measured against, and again for the check
+            (the paper's n_pred).
+        candidates: candidate centers (the paper's n_cntr).
         alpha: 1 − confidence of each image's certificate (split evenly between center and radius).
         delta: Δ, the mass beyond 1/2 the center's ball must hold.
         batch_size: noisy copies embedded at once.
@@ -57,7 +60,8 @@ class Smoothing:
 
     sigma: float
     samples: int = 10_000
-    center_samples: int = 2_000
+    center_samples: int = 10_000
+    candidates: int = 30
     alpha: float = 0.01
     delta: float = 0.05
     batch_size: int = 1_000
@@ -70,7 +74,7 @@ class Smoothing:
             raise ConfigError(f"alpha must be between 0 and 1, got {self.alpha}")
         if not 0 < self.delta < 0.5:
             raise ConfigError(f"delta must be between 0 and 0.5, got {self.delta}")
-        for name in ("samples", "center_samples", "batch_size"):
+        for name in ("samples", "center_samples", "candidates", "batch_size"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value}")
@@ -112,10 +116,11 @@ def _noisy_embeddings(model: nn.Module, x: torch.Tensor, n: int, smoothing: Smoo
 def smoothed_center(model: nn.Module, x: torch.Tensor, smoothing: Smoothing,
                     generator: torch.Generator) -> tuple[torch.Tensor, bool]:
     """The smoothed embedding of one image (D,) and whether its check passed (else: abstain)."""
+    candidates = _noisy_embeddings(model, x, smoothing.candidates, smoothing, generator)
     draws = _noisy_embeddings(model, x, smoothing.center_samples, smoothing, generator)
-    medians = torch.cdist(draws, draws).median(dim=1).values
+    medians = torch.cdist(candidates, draws).median(dim=1).values
     best = int(medians.argmin())
-    center, radius = draws[best], float(medians[best])
+    center, radius = candidates[best], float(medians[best])
     check = _noisy_embeddings(model, x, smoothing.center_samples, smoothing, generator)
     inside = float(((check - center).norm(dim=1) <= radius).float().mean())
     good = max(smoothing.center_slack, 0.5 - (inside - smoothing.center_slack)) <= smoothing.delta
