@@ -11,6 +11,7 @@ from robustdml.attacks import ATTACKS, Norm
 from robustdml.errors import ConfigError, ModelFileError
 from robustdml.methods import METHODS
 from robustdml.models import create_model, load_model, save_model
+from robustdml.models.backbones import TimmFeatures
 
 TIMM = ["timm/test_vit", "timm/test_resnet"]
 
@@ -67,6 +68,9 @@ def test_weight_file_is_loaded(name, tmp_path):
             assert torch.equal(value, state[key]), key
         differs = [k for k, v in fresh.backbone.net.state_dict().items() if v.is_floating_point() and not torch.equal(v, state[k])]
         assert differs  # the file's values, not the random initialisation
+        x = torch.rand(2, 3, 32, 32)
+        assert not torch.allclose(loaded.eval().features(x), fresh.eval().features(x))
+        assert torch.allclose(loaded.features(x), TimmFeatures(source.eval())(loaded.normalize(x)), atol=1e-5)
     del state[next(iter(state))]
     save_file(state, str(tmp_path / "short.safetensors"))
     with pytest.raises(ModelFileError, match="does not fit"):
@@ -151,3 +155,12 @@ def test_one_step_every_method(method, tmp_path):
 @pytest.mark.parametrize("name,method,dataset", list(itertools.product(TIMM, sorted(METHODS), FIXTURES)))
 def test_one_step_every_model_method_and_fixture_dataset(name, method, dataset, tmp_path):
     _one_step(name, method, dataset, tmp_path)
+
+
+def test_backbone_learning_rate_split(tmp_path):
+    from robustdml.engine import Trainer, config_from_dict
+    cfg = config_from_dict({"backbone": "timm/test_resnet", "epochs": 1, "embedding_dim": 8, "lr": 0.001,
+                            "backbone_lr_mult": 0.1, "robust_eval": False})
+    trainer = Trainer(cfg.validate(), tmp_path / "run", progress=False)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs[0] == pytest.approx(0.0001) and lrs[1] == pytest.approx(0.001)  # backbone, then the embedding head
