@@ -25,10 +25,33 @@ def _key(name: str) -> str:
     return key[: -len("loss")] if key.endswith("loss") else key
 
 
+def mine_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(anchors, positives, negatives) positions in a batch. On a pair batch (anchor, positive,
+    anchor, positive, ...) RobRank's ``spc2-random`` triplets: each even position an anchor, the
+    next image its positive. On any other batch (ours) every image with a same-class partner is an
+    anchor with a random positive of its class. Either way each anchor's negative is one uniformly
+    random image of another class (anchors without one are dropped). Random choices come from the
+    global generator, so a resumed run repeats them."""
+    n = len(labels)
+    if n % 2 == 0 and n > 0 and torch.equal(labels[0::2], labels[1::2]):
+        anchors = torch.arange(0, n, 2, device=labels.device)
+        positives = anchors + 1
+    else:
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        anchors = same.any(1).nonzero().squeeze(1)
+        positives = (torch.multinomial(same[anchors].float(), 1).squeeze(1) if len(anchors)
+                     else anchors.clone())
+    other = labels[anchors, None] != labels[None, :]
+    keep = other.any(1)
+    anchors, positives, other = anchors[keep], positives[keep], other[keep]
+    negatives = torch.multinomial(other.float(), 1).squeeze(1) if len(anchors) else anchors.clone()
+    return anchors, positives, negatives
+
+
 class PairTripletLoss(nn.Module):
-    """The triplet loss of RobRank's ``ptripletN`` on SPC-2 pair batches (``sampler: pairs``): anchors
-    at the even positions, each one's positive the image after it, its negative one uniformly random
-    batch element of another class; Euclidean distance of L2-normalised embeddings, margin 0.2, the
+    """The triplet loss of RobRank's ``ptripletN`` on SPC-2 pair batches (``sampler: pairs``): its
+    triplets (:func:`mine_triplets`), Euclidean distance of L2-normalised embeddings, margin 0.2, the
     mean over all triplets (zero-loss ones included). pytorch-metric-learning's ``TripletMarginLoss``
     computes it from these triplets."""
 
@@ -39,17 +62,12 @@ class PairTripletLoss(nn.Module):
                                                  reducer=MeanReducer())
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        anchors = torch.arange(0, len(labels) - 1, 2, device=labels.device)
-        positives = anchors + 1
-        if not torch.equal(labels[anchors], labels[positives]):
+        if len(labels) % 2 or not torch.equal(labels[0::2], labels[1::2]):
             raise ConfigError("the ptriplet loss needs pair batches (anchor, positive, ...): set sampler: pairs")
-        other = (labels[anchors, None] != labels[None, :]).float()
-        has_negative = other.sum(1) > 0
-        anchors, positives, other = anchors[has_negative], positives[has_negative], other[has_negative]
-        if len(anchors) == 0:
+        triplets = mine_triplets(labels)
+        if len(triplets[0]) == 0:
             return embeddings.sum() * 0
-        negatives = torch.multinomial(other, 1).squeeze(1)
-        return self.loss(embeddings, labels, indices_tuple=(anchors, positives, negatives))
+        return self.loss(embeddings, labels, indices_tuple=triplets)
 
 
 LOSSES: dict[str, type] = {
@@ -78,4 +96,4 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kwargs) -> nn
         raise ConfigError(f"bad arguments for loss '{name}': {e}") from None
 
 
-__all__ = ["LOSSES", "PairTripletLoss", "create_loss"]
+__all__ = ["LOSSES", "PairTripletLoss", "create_loss", "mine_triplets"]

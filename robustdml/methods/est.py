@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import register_method
-from .ranking_common import RankingAdversary, RankingDefence
+from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings
 
 
 @register_method
@@ -36,11 +36,7 @@ class EST(RankingDefence):
     def loss(self, model, criterion, images, labels, index):
         if self.adversary.bound_eps == 0:
             return criterion(model(images), labels)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            clean = F.normalize(model(images), dim=1)
-        model.train(was_training)
+        clean = F.normalize(clean_embeddings(model, images), dim=1)
         target = clean + 1e-7 * torch.randint_like(clean, -1, 2)
         adversarial = self.adversary(model, images, lambda emb: (F.normalize(emb, dim=1) - target).norm(dim=1))
         return criterion(model(adversarial), labels)

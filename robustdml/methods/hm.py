@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import register_method
-from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, distance,
-                             mine_triplets)
 from ..losses import PairTripletLoss
+from .base import register_method
+from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, clean_embeddings,
+                             distance, mine_triplets)
 
 DESTINATIONS = ("gradual", "semihard")
 
@@ -83,11 +83,7 @@ class HM(RankingDefence):
         if self.destination == "gradual":
             level = min(max(self.previous_loss, 0.0), margin) / margin
             return torch.full((len(anchors),), -margin * level, device=images.device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            clean = model(images)
-        model.train(was_training)
+        clean = clean_embeddings(model, images)
         hard = semihard_negatives(clean, labels, anchors, positives, negatives, margin)
         return distance(clean[anchors], clean[positives]) - distance(clean[anchors], clean[hard])
 

@@ -6,10 +6,8 @@ model in eval mode, 32 steps; eps from the dataset's threat model (77/255 on Fas
 the 224-pixel datasets) and RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its
 224-pixel one; ours: 3/255 whenever eps exceeds 16/255).
 
-Triplets are RobRank's ``spc2-random`` ones on pair batches (``sampler: pairs``): each even position
-an anchor, the next image its positive, one uniformly random image of another class its negative.
-On other batches (ours) every image with a same-class partner in the batch is an anchor, with a
-random positive of its class and a random negative.
+Triplets are RobRank's ``spc2-random`` ones on pair batches (``sampler: pairs``), and ours on any
+other batch (:func:`robustdml.losses.mine_triplets`, shared with the pair triplet loss).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from torch import nn
 from ..attacks import Norm, ThreatModel
 from ..attacks.optim import project
 from ..errors import ConfigError
-from ..losses import PairTripletLoss
+from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
 from .adversarial import AdversarialMethod
 
 #: RobRank's triplet margin for normalised Euclidean embeddings
@@ -96,24 +94,15 @@ class RankingDefence(AdversarialMethod):
     adversary: RankingAdversary
 
 
-def mine_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(anchors, positives, negatives) positions in the batch; see the module doc. Random choices
-    come from the global generator, so a resumed run repeats them."""
-    n = len(labels)
-    if n % 2 == 0 and n > 0 and torch.equal(labels[0::2], labels[1::2]):
-        anchors = torch.arange(0, n, 2, device=labels.device)
-        positives = anchors + 1
-    else:
-        same = labels[:, None] == labels[None, :]
-        same.fill_diagonal_(False)
-        anchors = same.any(1).nonzero().squeeze(1)
-        positives = (torch.multinomial(same[anchors].float(), 1).squeeze(1) if len(anchors)
-                     else anchors.clone())
-    other = labels[anchors, None] != labels[None, :]
-    keep = other.any(1)
-    anchors, positives, other = anchors[keep], positives[keep], other[keep]
-    negatives = torch.multinomial(other.float(), 1).squeeze(1) if len(anchors) else anchors.clone()
-    return anchors, positives, negatives
+@torch.no_grad()
+def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The model's embeddings of the clean batch in eval mode (its mode restored), without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(images)
+    finally:
+        model.train(was_training)
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
