@@ -209,25 +209,27 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
     generator = torch.Generator(device=device).manual_seed(smoothing.seed)
 
     def smooth_all(dataset, with_radii):
-        centers, goods, out = [], [], []
+        """Each image read once: (centers, labels, checks passed, R per radius)."""
+        centers, labels, goods, out = [], [], [], []
         for i in tqdm(range(len(dataset)), disable=not progress, desc="certify" if with_radii else "gallery"):
-            x = dataset[i][0].to(device)
+            image, label = dataset[i]
+            x = image.to(device)
             center, good = smoothed_center(model, x, smoothing, generator)
             centers.append(center.cpu())
+            labels.append(int(label))
             goods.append(good)
             if with_radii:
                 out.append(output_radii(model, x, center, radii, smoothing, generator) if good
                            else np.full(len(radii), np.inf))
-        return torch.stack(centers).numpy(), np.array(goods), np.array(out)
+        return torch.stack(centers).numpy(), np.array(labels), np.array(goods), np.array(out)
 
     try:
-        z, good, big_r = smooth_all(query_set, True)
-        labels = np.array([int(query_set[i][1]) for i in range(len(query_set))])
+        z, labels, good, big_r = smooth_all(query_set, True)
         if gallery_set is None:
             gz, gl, self_index = z, labels, np.arange(len(z))
         else:
-            gz, _, _ = smooth_all(gallery_set, False)
-            gl, self_index = np.array([int(gallery_set[i][1]) for i in range(len(gallery_set))]), None
+            gz, gl, _, _ = smooth_all(gallery_set, False)
+            self_index = None
     finally:
         model.train(was_training)
     clusters, centroids = kmeans(z, int(len(np.unique(labels))), seed=kmeans_seed)
