@@ -28,3 +28,21 @@ def test_gpu_benchmark_without_a_gpu_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "needs a GPU" in proc.stderr.strip()
+
+
+@pytest.mark.slow
+def test_method_cost_runs_on_a_fashion_fixture(tmp_path):
+    from fixtures import make_fashion
+    root = make_fashion(tmp_path / "fashion", per_class=(26, 2))  # 260 training images: one batch of 256
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "method_cost.py"), "--root", str(root), "--steps", "1",
+                           "--batches", "1", "--warmup", "1", "--device", "cpu", "--methods", "standard", "pgd-at",
+                           "eat", "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(out.read_text())
+    rows = info["methods"]
+    assert set(rows) == {"standard", "pgd-at", "eat"} and info["adversary_steps"] == 1
+    for row in rows.values():
+        assert row["step_s"] > 0 and row["epoch_s"] == pytest.approx(row["step_s"] * row["steps_per_epoch"], rel=0.01, abs=0.1)
+    assert rows["eat"]["step_s"] > rows["standard"]["step_s"]  # three members, each with its own attack
+    assert f"M1 {rows['eat']['epoch_s'] / rows['pgd-at']['epoch_s']:.2f}" in proc.stdout

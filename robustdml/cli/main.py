@@ -183,6 +183,8 @@ def _cmd_benchmark(args) -> int:
         if not sep:
             raise RobustDMLError(f"--root takes DATASET=PATH, got {item!r}")
         cfg.per_dataset.setdefault(dataset, {})["root"] = path
+    if args.only:
+        cfg.restrict(args.only)
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
     statuses = Benchmark(cfg, out, progress=not args.quiet).run()
     md, html_path = build_report(out)
@@ -311,6 +313,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/benchmark-digits.yaml)")
     p.add_argument("--out", help="output folder (default: the config's `out`, else runs/NAME)")
     p.add_argument("--root", action="append", metavar="DATASET=PATH", help="dataset folder, e.g. cub=/data/CUB_200_2011")
+    p.add_argument("--only", action="append", metavar="KEY=VALUE",
+                   help="run only the cells with this grid value (repeatable; values of one key are alternatives), "
+                        "e.g. --only method=eat --only seed=0; several such processes can share one --out")
     p.set_defaults(func=_cmd_benchmark)
 
 

@@ -12,6 +12,8 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import logging
 import platform
@@ -71,6 +73,23 @@ class BenchmarkConfig:
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
         if unknown:
             raise ConfigError(f"ranking takes profile, queries and attack_kwargs, not {', '.join(sorted(unknown))}")
+        return self
+
+    def restrict(self, only: list[str]) -> "BenchmarkConfig":
+        """Keep the grid values named by ``KEY=VALUE`` items (values of one key are alternatives)."""
+        keep: dict[str, list[str]] = {}
+        for item in only:
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("dataset", "backbone", "method", "seed"):
+                raise ConfigError(f"--only takes KEY=VALUE with KEY one of dataset, backbone, method, seed; got {item!r}")
+            keep.setdefault(key, []).append(value)
+        for key, values in keep.items():
+            grid = self.grid.get(key) or []
+            unknown = [v for v in values if v not in map(str, grid)]
+            if unknown:
+                raise ConfigError(f"--only {key}={unknown[0]}: not in the grid's {key} values "
+                                  f"({', '.join(map(str, grid))})")
+            self.grid[key] = [g for g in grid if str(g) in values]
         return self
 
     def cells(self) -> list[dict]:
@@ -153,10 +172,12 @@ class Benchmark:
         if not self.cfg.surrogate:
             return None
         run = self.out / "surrogates" / f"{cell['dataset']}-{cell['backbone']}"
-        if not (run / "metrics.json").is_file():
-            cfg = self.cfg.train_config({**cell, "method": "standard", "seed": SURROGATE_SEED})
-            cfg.robust_eval = False
-            Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
+        run.mkdir(parents=True, exist_ok=True)
+        with _locked(run / ".lock"):  # processes sharing one --out (--only) train it once
+            if not (run / "metrics.json").is_file():
+                cfg = self.cfg.train_config({**cell, "method": "standard", "seed": SURROGATE_SEED})
+                cfg.robust_eval = False
+                Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
         return run
 
     def run_cell(self, cell: dict) -> dict:
@@ -203,6 +224,17 @@ def tsne_points(found: RobustResult, n: int = 400, seed: int = 0) -> dict:
     xy = TSNE(2, init="pca", perplexity=30, random_state=seed).fit_transform(both)
     return {"attack": found.sample.attack, "eps": found.sample.eps, "labels": found.labels[idx].tolist(),
             "clean": xy[: len(idx)].round(3).tolist(), "adversarial": xy[len(idx):].round(3).tolist()}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` held for the block (waits for another process holding it)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _finished(path: Path) -> bool:

@@ -126,3 +126,37 @@ def test_benchmark_runs_robrank_columns_into_the_report(tmp_path, monkeypatch):
     cfg.ranking = {"profile": "tiny", "query": 5}
     with pytest.raises(Exception, match="ranking takes"):
         cfg.validate()
+
+
+def test_only_runs_the_named_cells_and_rejects_values_not_in_the_grid(tmp_path):
+    cfg = load_benchmark_config(tiny_config(tmp_path, methods=("standard", "mixup", "trades"), seeds=(0, 1)))
+    cfg.restrict(["method=mixup", "method=trades", "seed=1"])
+    assert [(c["method"], c["seed"]) for c in cfg.cells()] == [("mixup", 1), ("trades", 1)]
+    with pytest.raises(ConfigError, match="not in the grid's method values"):
+        cfg.restrict(["method=standard"])  # no longer in the (restricted) grid
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        cfg.restrict(["seed"])
+    with pytest.raises(ConfigError, match="KEY one of"):
+        cfg.restrict(["lr=0.1"])
+
+
+@pytest.mark.slow
+def test_processes_split_by_only_share_one_out_and_its_surrogate(tmp_path):
+    """Two `--only` processes at once on one --out: both cells finish, the surrogate both need is
+    trained once (a second concurrent training of it would find its checkpoint and fail)."""
+    config = tiny_config(tmp_path, methods=("standard", "mixup"), surrogate=True)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "robustdml", "-q", "benchmark", "--config", str(config), "--out",
+                               str(out), "--only", f"method={m}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("standard", "mixup")]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-2000:]
+    for m in ("standard", "mixup"):
+        cell = json.loads((out / f"cells/digits-small-cnn-{m}-s0/result.json").read_text())
+        assert cell["status"] == "ok"
+    assert (out / "surrogates/digits-small-cnn/metrics.json").is_file()
+    log = (out / "surrogates/digits-small-cnn/log.csv").read_text().splitlines()
+    assert len(log) == 2  # header + its one epoch, written once
+    report = (out / "report.md").read_text()
+    assert "| standard | 1 |" in report and "| mixup | 1 |" in report

@@ -1,0 +1,106 @@
+"""M1: what one training epoch of each method costs under RobRank's Fashion-MNIST recipe, measured
+side by side in one run: C2F2, the pair triplet loss, 128-pair batches of real Fashion-MNIST images,
+every defence with RobRank's 28x28 training adversary at K steps. For each method, the mean time of
+real training steps (``Trainer.train_step`` on the loader's batches, after warm-up steps) times the
+steps of an epoch; then each method's epoch over ``standard``'s.
+
+    python bench/method_cost.py                          # K = 32 (RobRank's), 6 timed steps each
+    python bench/method_cost.py --steps 8 --batches 3    # RobRank's 8-step override, quicker
+    python bench/method_cost.py --root DIR --json cost.json
+
+Needs Fashion-MNIST (``--root``, default Debian's dataset-fashion-mnist folder), so it is not part of
+``make bench``. Prints ``M1 <eat epoch / pgd-at epoch>`` (EAT with 3 members: about 3 expected), a
+table, then JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from common import sync, timed  # noqa: E402
+
+from robustdml.engine import Trainer, config_from_dict  # noqa: E402
+from robustdml.engine.config import read_yaml  # noqa: E402
+
+METHODS = ("standard", "est", "act", "hm", "pgd-at", "eat")
+RECIPE = Path(__file__).parent.parent / "configs" / "fashion-robrank.yaml"
+STEP_3_255 = 3 / 255
+
+
+def method_kwargs(method: str, steps: int) -> dict:
+    """The training adversary of configs/benchmark-fashion.yaml at K steps."""
+    if method == "standard":
+        return {}
+    if method in ("est", "act", "hm"):
+        return {"steps": steps}
+    if method == "pgd-at":
+        return {"steps": steps, "step_size": STEP_3_255}
+    return {"members": 3, "steps": steps, "step_size": STEP_3_255}
+
+
+def measure(method: str, args, tmp: str) -> dict:
+    cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": method_kwargs(method, args.steps),
+           "root": args.root, "device": args.device, "robust_eval": False, "amp": args.amp}
+    trainer = Trainer(config_from_dict(cfg), f"{tmp}/{method}", progress=False)
+    trainer.model.train()
+    trainer.sampler.set_epoch(0)
+    batches = list(itertools.islice(iter(trainer.loader), args.warmup + args.batches))
+    device = trainer.device
+    for images, labels, index in batches[: args.warmup]:
+        trainer.train_step(images, labels, index)
+    sync(device)
+    seconds = [timed(lambda b=b: trainer.train_step(*b), device) for b in batches[args.warmup:]]
+    step = sorted(seconds)[len(seconds) // 2]
+    per_epoch = len(trainer.loader)
+    return {"step_s": round(step, 4), "steps_per_epoch": per_epoch, "epoch_s": round(step * per_epoch, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=32, help="training adversary's PGD steps (default 32, RobRank's)")
+    p.add_argument("--batches", type=int, default=6, help="timed steps per method (median taken)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--root", help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default off, as RobRank trains in fp32)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods:
+            results[method] = measure(method, args, tmp)
+            print(f"{method:9s} step {results[method]['step_s']:.4f} s   epoch {results[method]['epoch_s'] / 60:6.2f} min",
+                  flush=True)
+    base = results.get("standard", {}).get("epoch_s")
+    for row in results.values():
+        if base:
+            row["x_standard"] = round(row["epoch_s"] / base, 1)
+    if "eat" in results and "pgd-at" in results:
+        print(f"M1 {results['eat']['epoch_s'] / results['pgd-at']['epoch_s']:.2f} (eat epoch / pgd-at epoch, 3 members)")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    machine = (torch.cuda.get_device_name() if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    info = {"device": machine, "torch": torch.__version__, "adversary_steps": args.steps, "amp": args.amp,
+            "timed_steps": args.batches, "methods": results}
+    print(json.dumps(info, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
