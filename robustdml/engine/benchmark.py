@@ -60,6 +60,9 @@ class BenchmarkConfig:
     # the clustering suite on a seeded random sample of this many test queries (None: all of them)
     attack_queries: int | None = None
     surrogate: bool = True
+    # center-smoothing certificates for every cell as well (`robustdml certify`): {sigma, radii, queries,
+    # samples, center_samples, candidates, alpha, delta, batch_size}; empty: not run
+    certify: dict = field(default_factory=dict)
     base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
 
     def validate(self) -> "BenchmarkConfig":
@@ -73,7 +76,38 @@ class BenchmarkConfig:
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
         if unknown:
             raise ConfigError(f"ranking takes profile, queries and attack_kwargs, not {', '.join(sorted(unknown))}")
+        if self.certify:
+            self.smoothing()
+            radii = self.certify_radii()
+            if not radii or min(radii) < 0:
+                raise ConfigError("certify radii must be a non-empty list of numbers >= 0")
+            queries = self.certify.get("queries")
+            if queries is not None and (not isinstance(queries, int) or queries < 2):
+                raise ConfigError(f"certify queries must be a whole number >= 2, got {queries!r}")
         return self
+
+    def smoothing(self, seed: int = 0):
+        """The center smoothing of the ``certify`` section (one-line errors for bad values)."""
+        from ..evaluation.certify import Smoothing
+        options = {k: v for k, v in self.certify.items() if k not in ("radii", "queries")}
+        unknown = set(options) - {"sigma", "samples", "center_samples", "candidates", "alpha", "delta", "batch_size"}
+        if unknown:
+            raise ConfigError(f"certify takes sigma, radii, queries, samples, center_samples, candidates, alpha, delta "
+                              f"and batch_size, not {', '.join(sorted(unknown))}")
+        if "sigma" not in options:
+            raise ConfigError("certify needs sigma (the noise std in [0, 1] pixel units)")
+        smoothing = Smoothing(**options, seed=seed)
+        if self.certify_radii() and max(self.certify_radii()) > smoothing.largest_radius():
+            raise ConfigError(f"certify radius {max(self.certify_radii())} cannot be certified with sigma "
+                              f"{smoothing.sigma} and {smoothing.samples} samples; the largest is "
+                              f"{smoothing.largest_radius():.4g}")
+        return smoothing
+
+    def certify_radii(self) -> list[float]:
+        radii = self.certify.get("radii")
+        if radii is None:
+            return [round(float(self.certify.get("sigma", 0)) * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        return sorted(float(r) for r in radii) if isinstance(radii, list) else []
 
     def restrict(self, only: list[str]) -> "BenchmarkConfig":
         """Keep the grid values named by ``KEY=VALUE`` items (values of one key are alternatives)."""
@@ -208,7 +242,23 @@ class Benchmark:
             ranking = evaluate_ranking(load_model(run, device=device), query, gallery, seed=cfg.seed, device=device,
                                        kmeans_restarts=cfg.kmeans_restarts, progress=self.progress, **self.cfg.ranking)
             result["robrank"] = ranking.to_dict()
+        if self.cfg.certify:
+            result["certify"] = self.certified(run, query, gallery, cfg, device)
         return result
+
+    def certified(self, run: Path, query, gallery, cfg: TrainConfig, device) -> dict:
+        """The cell's center-smoothing certificates: the summary (per-image radii and centroids stay out
+        of the cell's JSON; `robustdml certify` writes them)."""
+        from ..evaluation.certify import certify
+        queries = self.cfg.certify.get("queries")
+        if queries is not None:
+            query = Subset(query, query_subset(len(query), queries, cfg.seed).tolist())
+        found = certify(load_model(run, device=device), query, gallery, smoothing=self.cfg.smoothing(cfg.seed),
+                        radii=self.cfg.certify_radii(), device=device, kmeans_seed=cfg.seed, progress=self.progress)
+        summary = found.to_dict()
+        for key in ("per_image", "centroids"):
+            summary.pop(key)
+        return summary
 
 
 def tsne_points(found: RobustResult, n: int = 400, seed: int = 0) -> dict:

@@ -151,6 +151,41 @@ def _ranking_md(group: dict, dataset: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _certified(group: dict) -> dict[str, list[dict]]:
+    """method -> the cells' certify summaries (where the benchmark config asked for them)."""
+    rows = {m: [r["certify"] for r in runs if "certify" in r] for m, runs in group["runs"].items()}
+    return {m: found for m, found in rows.items() if found}
+
+
+def _certify_md(rows: dict[str, list[dict]]) -> str:
+    """Certified fractions per radius, mean over seeds, with the smoothed model's clean figures."""
+    first = next(iter(rows.values()))[0]
+    radii = first["radii"]
+    head = [f"assign. r={r:g}" for r in radii] + [f"R@1 r={r:g}" for r in radii]
+    lines = [f"Center-smoothing certificates (sigma {first['sigma']:g}, {first['images']} test images; `robustdml "
+             f"certify`, docs/certify.md): the fraction of test images whose k-means assignment, and whose correct "
+             f"R@1 answer, is certified within each L2 radius; mean over seeds.\n",
+             "| method | seeds | abstained | smoothed NMI | smoothed R@1 | " + " | ".join(head) + " | s / image |",
+             "|---|---|---|---|---|" + "---|" * (len(head) + 1)]
+    for method, found in rows.items():
+        values = ([np.mean([f["abstained"] / f["images"] for f in found]), np.mean([f["clean"]["nmi"] for f in found]),
+                   np.mean([f["clean"]["recall@1"] for f in found])]
+                  + list(np.mean([f["certified_assignment"] for f in found], axis=0))
+                  + list(np.mean([f["certified_recall_at_1"] for f in found], axis=0)))
+        seconds = np.mean([f["seconds_per_image"] for f in found])
+        lines.append(f"| {method} | {len(found)} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {seconds:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _certify_plot(rows: dict[str, list[dict]], path: Path) -> Path:
+    from .plots import plot_certified
+    means = {m: {"radii": found[0]["radii"],
+                 "certified_assignment": list(np.mean([f["certified_assignment"] for f in found], axis=0)),
+                 "certified_recall_at_1": list(np.mean([f["certified_recall_at_1"] for f in found], axis=0))}
+             for m, found in rows.items()}
+    return plot_certified(means, path)
+
+
 def _checks_md(group: dict) -> str:
     names = list(dict.fromkeys(c for runs in group["runs"].values() for r in runs for c in r.get("checks", {})))
     lines = ["| method | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -191,6 +226,10 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
         ranking = _ranking_md(group, dataset)
         if ranking:
             sections.append(("md", ranking))
+        certified = _certified(group)
+        if certified:
+            sections.append(("md", _certify_md(certified)))
+            sections.append(("img", str(_certify_plot(certified, fig_dir / f"{slug}-certified.png"))))
     failed = [c for c in cells if c.get("status") == "failed"]
     if failed:
         sections.append(("md", "## Failed cells\n\n" + "\n".join(

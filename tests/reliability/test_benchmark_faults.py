@@ -103,12 +103,14 @@ def test_paper_config_trains_one_step_on_fixtures(dataset, tmp_path):
         assert loss == loss and loss > 0  # a finite loss from one real step
 
 
-def test_benchmark_runs_robrank_columns_into_the_report(tmp_path, monkeypatch):
+def test_benchmark_runs_robrank_columns_and_certificates_into_the_report(tmp_path, monkeypatch):
     from robustdml.attacks.ranking import PROFILES
     monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 2})
     cfg = load_benchmark_config(tiny_config(tmp_path, methods=("standard",)))
     cfg.ranking = {"profile": "tiny", "queries": 20}
     cfg.attack_queries = 30
+    cfg.certify = {"sigma": 0.1, "radii": [0, 0.01], "queries": 12, "samples": 100, "center_samples": 60,
+                   "candidates": 5, "alpha": 0.1, "delta": 0.2}
     Benchmark(cfg.validate(), tmp_path / "out", progress=False).run()
     cell = json.loads((tmp_path / "out/cells/digits-small-cnn-standard-s0/result.json").read_text())
     assert cell["robrank"]["queries"] == 20 and set(cell["robrank"]["columns"]) >= {"CA+", "GTT"}
@@ -119,6 +121,22 @@ def test_benchmark_runs_robrank_columns_into_the_report(tmp_path, monkeypatch):
                and line.count("|") == 17)
     assert f"{cell['robrank']['ers']:.3g} ± 0" in row and f"{cell['robrank']['clean']['recall@1']:.3g} ± 0" in row
     assert row.rstrip(" |").endswith(f"{cell['seconds_per_epoch']:.0f}")
+    found = cell["certify"]
+    assert found["images"] == 12 and found["radii"] == [0, 0.01] and "per_image" not in found
+    assert len(found["certified_assignment"]) == 2 and found["certified_assignment"][0] >= found["certified_assignment"][1]
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| standard | 1 |") and "±" not in line)
+    expected = [found["abstained"] / 12, found["clean"]["nmi"], found["clean"]["recall@1"],
+                *found["certified_assignment"], *found["certified_recall_at_1"]]
+    assert row == "| standard | 1 | " + " | ".join(f"{v:.3f}" for v in expected) + f" | {found['seconds_per_image']:.2f} |"
+    assert (tmp_path / "out/report/digits-small-cnn-certified.png").is_file()
+    for bad, message in [({"radii": [0]}, "needs sigma"), ({"sigma": 0}, "sigma must be positive"),
+                         ({"sigma": 0.1, "center_samples": 10}, "too few"), ({"sigma": 0.1, "radius": [0]}, "not radius"),
+                         ({"sigma": 0.1, "radii": [1.0]}, "cannot be certified"), ({"sigma": 0.1, "queries": 1}, "queries")]:
+        cfg.certify = bad
+        with pytest.raises(ConfigError, match=message):
+            cfg.validate()
+    cfg.certify = {}
     cfg.attack_queries = 1
     with pytest.raises(ConfigError, match="attack_queries"):
         cfg.validate()
@@ -160,3 +178,12 @@ def test_processes_split_by_only_share_one_out_and_its_surrogate(tmp_path):
     assert len(log) == 2  # header + its one epoch, written once
     report = (out / "report.md").read_text()
     assert "| standard | 1 |" in report and "| mixup | 1 |" in report
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("benchmark-*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_benchmark_config_loads_and_validates(path):
+    cfg = load_benchmark_config(path)
+    cells = cfg.cells()
+    assert cells and all(cfg.train_config(cell).validate() for cell in cells)
+    if cfg.certify:
+        assert cfg.smoothing().sigma > 0 and cfg.certify_radii()
