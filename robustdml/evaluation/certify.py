@@ -177,7 +177,9 @@ class CertifyResult:
     clean: dict                       # the smoothed model's clean metrics (non-abstaining images clustered with the rest)
     certified_assignment: list[float]  # fraction of images whose assignment is certified, per radius
     certified_recall_at_1: list[float]  # fraction whose R@1 answer is correct and certified, per radius
-    per_image: dict = field(default_factory=dict)  # radius of each image's certificates, -1 = abstained
+    # per image: its certified radii (-1 = abstained), its assignment and label, the output ball R at
+    # each radius (None = abstained) and the two margins the ball must stay inside
+    per_image: dict = field(default_factory=dict)
     seconds_per_image: float = 0.0
     centroids: list = field(default_factory=list)  # the clustering whose assignments are certified
     embeddings: np.ndarray | None = field(default=None, repr=False)  # smoothed query embeddings (not saved)
@@ -188,6 +190,11 @@ class CertifyResult:
         out.pop("embeddings")
         out.pop("gallery")
         return out
+
+
+def _finite(value) -> float | None:
+    """A number for JSON: rounded, None where it is infinite (no boundary, or nothing certifiable)."""
+    return round(float(value), 5) if np.isfinite(value) else None
 
 
 def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *, smoothing: Smoothing,
@@ -252,7 +259,11 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
         clean=clean, certified_assignment=[float(v) for v in assignment_ok.mean(0)],
         certified_recall_at_1=[float(v) for v in recall_ok.mean(0)],
         per_image={"assignment_radius": radius_of(assignment_ok).tolist(), "recall_radius": radius_of(recall_ok).tolist(),
-                   "assignment": assign.tolist(), "labels": labels.tolist()},
+                   "assignment": assign.tolist(), "labels": labels.tolist(),
+                   # what decides each certificate: the output ball R(radius) against the two margins
+                   "ball": [[_finite(v) for v in row] if ok else None for row, ok in zip(big_r, good)],
+                   "assignment_margin": [_finite(v) for v in cell_margin],
+                   "answer_margin": [_finite(v) for v in answer_margin]},
         seconds_per_image=elapsed / len(z), centroids=centroids.tolist(), embeddings=z, gallery=(gz, gl, self_index))
 
 

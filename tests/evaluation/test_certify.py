@@ -1,6 +1,8 @@
 """Center-smoothing certificates: the geometry of the margins, the settings' errors, a model robust by
 construction, and soundness against an EOT attack on trained digits models (slow)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,10 @@ def test_a_model_robust_by_construction_is_certified():
     # the noise of the mean of 64 pixels never crosses a level, so the ball has radius 0 at every radius
     assert found.certified_assignment == [1.0, 1.0, 1.0] and found.certified_recall_at_1 == [1.0, 1.0, 1.0]
     assert set(found.per_image["assignment_radius"]) == {0.15}
+    # the ball is 0 at every radius; the margins are finite and positive; all of it is plain JSON
+    assert all(ball == [0.0, 0.0, 0.0] for ball in found.per_image["ball"])
+    assert min(found.per_image["assignment_margin"]) > 0 and min(found.per_image["answer_margin"]) > 0
+    json.dumps(found.to_dict(), allow_nan=False)
 
 
 def test_a_model_that_flips_under_the_noise_gets_no_certificate():
