@@ -86,14 +86,14 @@ def _cmd_attack(args) -> int:
 
 def _cmd_certify(args) -> int:
     from ..data import evaluation_sets
-    from ..evaluation.certify import Smoothing, certify
+    from ..evaluation.certify import Smoothing, certify, default_radii
     from ..evaluation.ranking import query_subset
     from ..files import write_json
     from torch.utils.data import Subset
 
     smoothing = Smoothing(sigma=args.sigma, samples=args.samples, center_samples=args.center_samples,
                           alpha=args.alpha, delta=args.delta, batch_size=args.batch_size, seed=args.seed)
-    radii = args.radii or [round(smoothing.sigma * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    radii = args.radii or default_radii(smoothing.sigma)
     model, device, _ = _load_for_evaluation(args)
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
     if args.queries:

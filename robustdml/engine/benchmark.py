@@ -77,10 +77,7 @@ class BenchmarkConfig:
         if unknown:
             raise ConfigError(f"ranking takes profile, queries and attack_kwargs, not {', '.join(sorted(unknown))}")
         if self.certify:
-            self.smoothing()
-            radii = self.certify_radii()
-            if not radii or min(radii) < 0:
-                raise ConfigError("certify radii must be a non-empty list of numbers >= 0")
+            self.certify_radii()  # checks sigma, the sample counts and the radii
             queries = self.certify.get("queries")
             if queries is not None and (not isinstance(queries, int) or queries < 2):
                 raise ConfigError(f"certify queries must be a whole number >= 2, got {queries!r}")
@@ -96,18 +93,13 @@ class BenchmarkConfig:
                               f"and batch_size, not {', '.join(sorted(unknown))}")
         if "sigma" not in options:
             raise ConfigError("certify needs sigma (the noise std in [0, 1] pixel units)")
-        smoothing = Smoothing(**options, seed=seed)
-        if self.certify_radii() and max(self.certify_radii()) > smoothing.largest_radius():
-            raise ConfigError(f"certify radius {max(self.certify_radii())} cannot be certified with sigma "
-                              f"{smoothing.sigma} and {smoothing.samples} samples; the largest is "
-                              f"{smoothing.largest_radius():.4g}")
-        return smoothing
+        return Smoothing(**options, seed=seed)
 
     def certify_radii(self) -> list[float]:
-        radii = self.certify.get("radii")
-        if radii is None:
-            return [round(float(self.certify.get("sigma", 0)) * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
-        return sorted(float(r) for r in radii) if isinstance(radii, list) else []
+        """The ``certify`` section's radii (default 0 to 1 x sigma), checked against its smoothing."""
+        from ..evaluation.certify import check_radii, default_radii
+        smoothing = self.smoothing()
+        return check_radii(self.certify.get("radii", default_radii(smoothing.sigma)), smoothing)
 
     def restrict(self, only: list[str]) -> "BenchmarkConfig":
         """Keep the grid values named by ``KEY=VALUE`` items (values of one key are alternatives)."""

@@ -192,6 +192,26 @@ class CertifyResult:
         return out
 
 
+def default_radii(sigma: float) -> list[float]:
+    """The radii certified when none are asked for: 0, 1/4, 1/2, 3/4 and 1 x sigma."""
+    return [round(sigma * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+
+def check_radii(radii, smoothing: Smoothing) -> list[float]:
+    """The radii sorted; a one-line error where they are not numbers >= 0 or reach beyond what the
+    smoothing's samples can certify."""
+    if not isinstance(radii, (list, tuple)) or not all(isinstance(r, (int, float)) for r in radii):
+        raise ConfigError(f"radii must be a non-empty list of numbers >= 0, got {radii!r}")
+    radii = sorted(float(r) for r in radii)
+    if not radii or radii[0] < 0:
+        raise ConfigError("radii must be a non-empty list of numbers >= 0")
+    if radii[-1] > smoothing.largest_radius():
+        raise ConfigError(f"radius {radii[-1]} cannot be certified with sigma {smoothing.sigma} and "
+                          f"{smoothing.samples} samples; the largest is {smoothing.largest_radius():.4g} "
+                          f"(more samples or a larger sigma reach further)")
+    return radii
+
+
 def _finite(value) -> float | None:
     """A number for JSON: rounded, None where it is infinite (no boundary, or nothing certifiable)."""
     return round(float(value), 5) if np.isfinite(value) else None
@@ -202,13 +222,7 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
             progress: bool = False) -> CertifyResult:
     """Center-smoothing certificates of every image of ``query_set`` (see the module doc).
     ``gallery_set=None``: leave-one-out retrieval within the query set."""
-    radii = sorted(float(r) for r in radii)
-    if not radii or radii[0] < 0:
-        raise ConfigError("radii must be a non-empty list of numbers >= 0")
-    if radii[-1] > smoothing.largest_radius():
-        raise ConfigError(f"radius {radii[-1]} cannot be certified with sigma {smoothing.sigma} and "
-                          f"{smoothing.samples} samples; the largest is {smoothing.largest_radius():.4g} "
-                          f"(more samples or a larger sigma reach further)")
+    radii = check_radii(radii, smoothing)
     device = torch.device(device)
     was_training = model.training
     model.eval()
