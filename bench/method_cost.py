@@ -1,6 +1,6 @@
 """M1: what one training epoch of each method costs under RobRank's Fashion-MNIST recipe, measured
 side by side in one run: C2F2, the pair triplet loss, 128-pair batches of real Fashion-MNIST images,
-every defence with RobRank's 28x28 training adversary at K steps. For each method, the mean time of
+every defence with RobRank's 28x28 training adversary at K steps. For each method, the median time of
 real training steps (``Trainer.train_step`` on the loader's batches, after warm-up steps) times the
 steps of an epoch; then each method's epoch over ``standard``'s.
 
@@ -32,6 +32,7 @@ from common import sync, timed  # noqa: E402
 
 from robustdml.engine import Trainer, config_from_dict  # noqa: E402
 from robustdml.engine.config import read_yaml  # noqa: E402
+from robustdml.engine.devices import resolve_device  # noqa: E402
 
 METHODS = ("standard", "est", "act", "hm", "pgd-at", "eat")
 RECIPE = Path(__file__).parent.parent / "configs" / "fashion-robrank.yaml"
@@ -90,8 +91,7 @@ def main() -> int:
             row["x_standard"] = round(row["epoch_s"] / base, 1)
     if "eat" in results and "pgd-at" in results:
         print(f"M1 {results['eat']['epoch_s'] / results['pgd-at']['epoch_s']:.2f} (eat epoch / pgd-at epoch, 3 members)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     info = {"device": machine, "torch": torch.__version__, "adversary_steps": args.steps, "amp": args.amp,
