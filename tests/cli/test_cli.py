@@ -1,16 +1,11 @@
 import json
-import subprocess
-import sys
 
 import pytest
+from clirun import run_cli, run_main
 
 from robustdml.cli.main import main
 
 FAST = ["epochs=1", "embedding_dim=16", "batch_size=64", "lr=0.001"]
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "robustdml", *args], capture_output=True, text=True)
 
 
 def test_data_info_digits(capsys):
@@ -42,16 +37,21 @@ def test_train_then_evaluate_writes_float_json(tmp_path, capsys):
         assert isinstance(result["clean"][key], float)
 
 
-@pytest.mark.parametrize("args,match", [
+BAD_INPUT = [
     (["train", "--config", "configs/digits.yaml", "--out", "{tmp}/r", "epoch=3"], "did you mean 'epochs'"),
     (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "does not exist"),
     (["train", "--config", "configs/digits.yaml", "--out", "{tmp}/r", "lr=abc"], "expects float"),
     (["evaluate", "{tmp}/nomodel", "--dataset", "digits"], "no model"),
     (["evaluate", "{tmp}/nomodel", "--dataset", "digits", "--kmeans-restarts", "0"], "--kmeans-restarts"),
     (["data", "info", "--dataset", "cub", "--root", "{tmp}/nothing"], "does not exist"),
-])
+]
+
+
+@pytest.mark.parametrize("args,match", BAD_INPUT)
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
-    proc = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    # the first case through the real executable, the rest in this process
+    run = run_cli if args == BAD_INPUT[0][0] else run_main
+    proc = run(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("robustdml: error")]
@@ -69,7 +69,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
 ])
 def test_attack_bad_input(digits_run, extra, match):
     run, _ = digits_run
-    proc = run_cli("attack", str(run), "--dataset", "digits", *extra)
+    proc = run_main("attack", str(run), "--dataset", "digits", *extra)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert match in proc.stderr.strip().splitlines()[-1]
 
@@ -90,7 +90,7 @@ def test_attack_missing_or_corrupt_model(tmp_path, digits_run):
 @pytest.mark.parametrize("command", ["evaluate", "attack"])
 def test_unavailable_device_is_one_line(tmp_path, digits_run, command):
     run, _ = digits_run
-    proc = run_cli(command, str(run), "--dataset", "digits", "--device", "cuda")
+    proc = run_main(command, str(run), "--dataset", "digits", "--device", "cuda")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "CUDA is not available" in proc.stderr.strip().splitlines()[-1]
 

@@ -1,11 +1,10 @@
 """Bad configs and arguments: a one-line error before any work starts, a non-zero exit, never a
 traceback. Property-based over config values and CLI arguments."""
 
-import subprocess
-import sys
 import tempfile
 
 import pytest
+from clirun import run_cli, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,11 +13,7 @@ from robustdml.engine import Trainer, TrainConfig, TrainResult
 from robustdml.engine.config import config_from_dict
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "robustdml", *args], capture_output=True, text=True)
-
-
-@pytest.mark.parametrize("overrides,match", [
+BAD_TRAIN = [
     (["epoch=3"], "did you mean 'epochs'"),
     (["batch_sise=32"], "did you mean 'batch_size'"),
     (["epochs=three"], "expects int"),
@@ -29,9 +24,13 @@ def _cli(*args):
     (["method=eat", "method_kwargs.members=3", "method_kwargs.parts_per_member=4"], "parts_per_member"),
     (["samples_per_class=4", "batch_size=64"], "classes per batch"),
     (["method=pgd-at", "method_kwargs.epsilon=0.1"], "takes no option"),
-])
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD_TRAIN)
 def test_bad_train_config_is_one_line_before_any_work(tmp_path, overrides, match):
-    proc = _cli("train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "run"), *overrides)
+    run = run_cli if overrides == BAD_TRAIN[0][0] else run_main  # the first through the real executable
+    proc = run("train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "run"), *overrides)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], lines

@@ -1,25 +1,21 @@
 """Broken datasets: each gets a clear error naming what is wrong, or a documented handling."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from clirun import run_cli, run_main
 
 from robustdml.data import evaluation_sets, get_dataset
 from robustdml.errors import DatasetError
 from robustdml.evaluation import evaluate_embeddings
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "robustdml", *args], capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("name", ["cub", "cars", "sop", "inshop"])
 def test_missing_root_is_one_line_from_the_cli(name, tmp_path):
-    proc = _cli("data", "info", "--dataset", name, "--root", str(tmp_path / "absent"))
+    run = run_cli if name == "cub" else run_main  # one through the real executable
+    proc = run("data", "info", "--dataset", name, "--root", str(tmp_path / "absent"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -73,7 +69,7 @@ def test_damaged_image_stops_evaluation_with_one_line(tmp_path):
     model_dir = tmp_path / "model"
     from robustdml.models import create_model, save_model
     save_model(create_model("small-cnn", in_channels=3, embedding_dim=8), model_dir)
-    proc = _cli("evaluate", str(model_dir), "--dataset", "sop", "--root", str(root), "--image-size", "16")
+    proc = run_cli("evaluate", str(model_dir), "--dataset", "sop", "--root", str(root), "--image-size", "16")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(ds.paths[1]) in proc.stderr
 
@@ -104,6 +100,6 @@ def test_class_with_one_image_is_skipped_as_a_query_only():
 
 def test_data_info_reports_a_working_fixture(tmp_path):
     from fixtures import make_cub
-    proc = _cli("data", "info", "--dataset", "cub", "--root", str(make_cub(tmp_path)))
+    proc = run_main("data", "info", "--dataset", "cub", "--root", str(make_cub(tmp_path)))
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["test"]["classes"] == 2
