@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH  ?= runs/benchmark-digits
 
-.PHONY: install demo test test-slow test-all bench bench-gpu clean
+.PHONY: install demo test test-slow test-all bench bench-gpu bench-fashion-gpu clean
 
 install: $(STAMP)
 
@@ -37,6 +37,21 @@ bench: $(STAMP)
 # bf16 + channels_last vs fp32 `pgd-at` throughput, ResNet-50 at 224 px (needs a CUDA device)
 bench-gpu: $(STAMP)
 	$(PY) bench/gpu_speed.py
+
+# RobRank's Fashion-MNIST grid at its full training settings, one seed (SEED=0, 1 or 2), the six
+# methods as parallel processes on one GPU (about 40 minutes on an H200; logs in the output folder);
+# FASHION=DIR names the folder of the four IDX files if they are not where Debian's package puts them.
+SEED    ?= 0
+FASHION ?=
+FASHION_OUT := runs/benchmark-fashion-gpu
+bench-fashion-gpu: $(STAMP)
+	@mkdir -p $(FASHION_OUT)
+	for m in standard est act hm pgd-at eat; do \
+	  $(VENV)/bin/robustdml benchmark --config configs/benchmark-fashion-gpu.yaml --out $(FASHION_OUT) --quiet \
+	    $(if $(FASHION),--root fashion=$(FASHION)) --only method=$$m --only seed=$(SEED) \
+	    > $(FASHION_OUT)/$$m-s$(SEED).log 2>&1 & \
+	done; wait
+	$(VENV)/bin/robustdml report $(FASHION_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
