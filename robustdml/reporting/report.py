@@ -104,8 +104,19 @@ def _convergence(group: dict, path: Path) -> Path | None:
     return plot_convergence(curves, path) if curves else None
 
 
+def tsne_panels(group: dict) -> list[tuple[str, dict]]:
+    """(title, t-SNE) per method: its lowest seed that has one (a grid run a seed at a time with
+    ``--only`` leaves one in every seed's cell)."""
+    panels = []
+    for method, runs in group["runs"].items():
+        found = sorted((r for r in runs if r.get("tsne")), key=lambda r: r["cell"]["seed"])
+        if found:
+            panels.append((f"{method} (seed {found[0]['cell']['seed']})", found[0]["tsne"]))
+    return panels
+
+
 def _tsne(group: dict, path: Path) -> Path | None:
-    panels = [(m, r["tsne"]) for m, runs in group["runs"].items() for r in runs if r.get("tsne")]
+    panels = tsne_panels(group)
     if not panels:
         return None
     fig, axes = plt.subplots(1, 2 * len(panels), figsize=(4 * 2 * len(panels), 3.8), squeeze=False)

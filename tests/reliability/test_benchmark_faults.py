@@ -12,7 +12,7 @@ import yaml
 from robustdml.engine import Trainer
 from robustdml.engine.benchmark import Benchmark, load_benchmark_config
 from robustdml.errors import ConfigError
-from robustdml.reporting.report import build_report, group_tables, load_cells
+from robustdml.reporting.report import build_report, group_tables, load_cells, tsne_panels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,6 +60,15 @@ def test_report_numbers_equal_the_cell_json(tmp_path):
         assert std == pytest.approx(expected_std, abs=5e-4)
     table = group_tables(load_cells(tmp_path / "out"))[("digits", "small-cnn")]["rows"]["standard"]
     assert table["adv nmi"][0] == pytest.approx(sum(c["worst"][eps]["nmi"] for c in cells) / 2)
+
+
+def test_tsne_shows_each_method_once_from_its_lowest_seed():
+    # a grid run one seed at a time (--only seed=N) leaves a t-SNE in every seed's cell
+    def run(method, seed):
+        return {"cell": {"method": method, "seed": seed}, "tsne": {"seed": seed}}
+    group = {"runs": {"standard": [run("standard", 1), run("standard", 0)], "eat": [run("eat", 2), run("eat", 1)],
+                      "pgd-at": [{"cell": {"method": "pgd-at", "seed": 0}}]}}
+    assert tsne_panels(group) == [("standard (seed 0)", {"seed": 0}), ("eat (seed 1)", {"seed": 1})]
 
 
 def test_interrupted_benchmark_redoes_no_finished_cell(tmp_path):
