@@ -109,9 +109,9 @@ def tsne_panels(group: dict) -> list[tuple[str, dict]]:
     ``--only`` leaves one in every seed's cell)."""
     panels = []
     for method, runs in group["runs"].items():
-        found = sorted((r for r in runs if r.get("tsne")), key=lambda r: r["cell"]["seed"])
-        if found:
-            panels.append((f"{method} (seed {found[0]['cell']['seed']})", found[0]["tsne"]))
+        first = min((r for r in runs if r.get("tsne")), key=lambda r: r["cell"]["seed"], default=None)
+        if first:
+            panels.append((f"{method} (seed {first['cell']['seed']})", first["tsne"]))
     return panels
 
 
