@@ -12,6 +12,12 @@ from .metrics import metric_info, metric_names, worse
 TOLERANCE = 0.02  # how far a worst-case metric may move the "wrong" way before a check fails
 
 
+def _within(moved: float, tolerance: float) -> bool:
+    """``moved <= tolerance``, up to float rounding: on 100 queries a Recall moves in steps of 0.01, and
+    0.06 - 0.04 is 0.020000000000000004 — a move of exactly the tolerance passes, as the rules say."""
+    return moved <= tolerance + 1e-9
+
+
 def _toward_defender(metric: str, after: float, before: float) -> float:
     """How much ``after`` is better for the defender than ``before`` (positive: the metric moved the wrong way)."""
     return after - before if metric_info(metric).higher_is_better else before - after
@@ -50,7 +56,7 @@ def monotone_in_eps(worst: dict, eps_keys: list[str], tolerance: float = TOLERAN
             rise = max(rise, _toward_defender(metric, value, floor))
             floor = value if worse(metric, value, floor) else floor
         rises[metric] = rise
-    return {"passed": all(r <= tolerance for r in rises.values()), "max_rise": rises, "tolerance": tolerance}
+    return {"passed": all(_within(r, tolerance) for r in rises.values()), "max_rise": rises, "tolerance": tolerance}
 
 
 def not_weaker_when_stronger(base: dict, stronger: dict, tolerance: float = TOLERANCE, **what) -> dict:
@@ -58,7 +64,7 @@ def not_weaker_when_stronger(base: dict, stronger: dict, tolerance: float = TOLE
     case better for the defender than the suite's by more than ``tolerance``; ``what`` is recorded."""
     change = {m: stronger[m] - base[m] for m in base}
     moved = {m: _toward_defender(m, stronger[m], base[m]) for m in base}
-    return {"passed": all(d <= tolerance for d in moved.values()), **what, "worst": stronger, "change": change,
+    return {"passed": all(_within(d, tolerance) for d in moved.values()), **what, "worst": stronger, "change": change,
             "tolerance": tolerance,
             "rule": "worst case with the stronger attack minus the suite's worst case <= tolerance"}
 
@@ -68,7 +74,7 @@ def converged(base: dict, stronger: dict, tolerance: float = TOLERANCE, **what) 
     more than ``tolerance``: if it does, the suite's attacks had not converged and its figures are
     too optimistic."""
     gain = {m: -_toward_defender(m, stronger[m], base[m]) for m in base}
-    return {"passed": all(g <= tolerance for g in gain.values()), **what, "worst": stronger, "gain": gain,
+    return {"passed": all(_within(g, tolerance) for g in gain.values()), **what, "worst": stronger, "gain": gain,
             "tolerance": tolerance,
             "rule": "suite's worst case minus the worst case with doubled iterations <= tolerance"}
 
@@ -100,5 +106,5 @@ def not_stronger_than_white_box(results: dict, eps_keys: list[str], white: list[
             other_values = [results[a][k][c] for a in ran]
             pick = min if metric_info(c).higher_is_better else max
             gaps[k][c] = _toward_defender(c, pick(white_values), pick(other_values))
-    return {"passed": all(g <= tolerance for d in gaps.values() for g in d.values()), "gap": gaps, "compared": others,
+    return {"passed": all(_within(g, tolerance) for d in gaps.values() for g in d.values()), "gap": gaps, "compared": others,
             "tolerance": tolerance, "rule": NOT_STRONGER_RULES.get(check, "") + "; white-box worst minus theirs <= tolerance"}

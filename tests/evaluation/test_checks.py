@@ -41,6 +41,18 @@ def test_monotone_in_eps_fails_when_the_worst_case_rises_with_eps():
     assert checks.monotone_in_eps({"0.1": _m(0.1, 0.1)}, ["0.1"])["passed"] is None
 
 
+def test_a_move_of_exactly_the_tolerance_passes_despite_rounding():
+    keys = ["0.05", "0.1"]
+    # Recall@1 on 100 queries from 0.03 back up to 0.05: 0.020000000000000004 in floats, the tolerance exactly
+    exact = checks.monotone_in_eps({"0.05": _m(0.3, 0.03), "0.1": _m(0.2, 0.05)}, keys)
+    assert exact["max_rise"]["recall@1"] > checks.TOLERANCE and exact["passed"] is True
+    assert checks.monotone_in_eps({"0.05": _m(0.3, 0.03), "0.1": _m(0.2, 0.06)}, keys)["passed"] is False
+    # doubled iterations lower NMI from 0.07 to 0.05: the tolerance exactly, however floats round it
+    assert checks.converged(_m(0.07, 0.5), _m(0.05, 0.5))["gain"]["nmi"] > checks.TOLERANCE
+    assert checks.converged(_m(0.07, 0.5), _m(0.05, 0.5))["passed"] is True
+    assert checks.converged(_m(0.07, 0.5), _m(0.04, 0.5))["passed"] is False
+
+
 def test_more_steps_raising_the_worst_case_fails():
     base = _m(0.20, 0.30)
     found = checks.not_weaker_when_stronger(base, _m(0.26, 0.30), steps=20)
