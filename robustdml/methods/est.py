@@ -5,7 +5,12 @@ Each batch is replaced by its embedding-shift adversarial examples — PGD maxim
 distance between the normalised embeddings of x' and x (RobRank's ES attack) — and the model trains
 on the configured loss of those. Agnostic to the loss and the backbone. At iteration 0 the clean
 embedding is offset by ±1e-7 per coordinate, as RobRank does, since the distance has no gradient
-at x' = x.
+at x' = x: the first step goes in a random direction, as RobRank's cosine-metric (``C``) EST does.
+
+``robrank_compat`` reproduces RobRank's Euclidean-metric (``N``) EST exactly: its embedding shift is
+torch's ``pairwise_distance``, which adds 1e-6 to every coordinate of the difference. At x' = x that
+offset outweighs the ±1e-7 one, so the first step ascends toward the same all-ones embedding
+direction for every image; later steps are unchanged (the shift is then far above 1e-6).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .base import register_method
 from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings
 
@@ -26,17 +32,28 @@ class EST(RankingDefence):
             224-pixel datasets).
         steps: PGD steps (default 32, RobRank's; its code offers 8 for speed).
         step_size: default 3/255 for eps above 16/255, else 1/255 (RobRank's two profiles).
+        robrank_compat: the embedding shift as RobRank's metric-N code computes it (its first step
+            toward one fixed direction; see the module's text). Default off: a random first step.
     """
 
     name = "est"
 
-    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None):
+    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
+                 robrank_compat: bool = False):
+        if not isinstance(robrank_compat, bool):
+            raise ConfigError(f"robrank_compat must be true or false, got {robrank_compat!r}")
         self.adversary = RankingAdversary(eps, steps, step_size)
+        self.robrank_compat = robrank_compat
 
     def loss(self, model, criterion, images, labels, index):
         if self.adversary.bound_eps == 0:
             return criterion(model(images), labels)
         clean = F.normalize(clean_embeddings(model, images), dim=1)
         target = clean + 1e-7 * torch.randint_like(clean, -1, 2)
-        adversarial = self.adversary(model, images, lambda emb: (F.normalize(emb, dim=1) - target).norm(dim=1))
+        distance = F.pairwise_distance if self.robrank_compat else _distance  # the former: |a - b + 1e-6|
+        adversarial = self.adversary(model, images, lambda emb: distance(F.normalize(emb, dim=1), target))
         return criterion(model(adversarial), labels)
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).norm(dim=1)

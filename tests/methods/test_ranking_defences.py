@@ -92,6 +92,33 @@ def test_est_shifts_the_embeddings_within_eps():
         assert distance(model(adv), model(x)).mean() > 0.01
 
 
+def _est_first_step(robrank_compat: bool, noise_seed: int) -> torch.Tensor:
+    """EST's one-step adversarial images of one model and batch, the ±1e-7 offset drawn from ``noise_seed``."""
+    x, y = _pair_batch()
+    torch.manual_seed(0)
+    model = create_model("c2f2", embedding_dim=16, in_channels=1).train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
+    torch.manual_seed(noise_seed)
+    method = create_method("est", eps=0.1, steps=1, robrank_compat=robrank_compat)
+    method.loss(model, create_loss("ptriplet", 5, 16), x, y, torch.arange(len(y)))
+    return seen[0] - x
+
+
+def _same_sign(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.sign() == b.sign()).float().mean())
+
+
+def test_est_first_step_is_random_unless_robrank_compat():
+    # ours (RobRank's metric C): the offset picks the first step's direction; two draws agree on
+    # about half the pixels
+    assert _same_sign(_est_first_step(False, 1), _est_first_step(False, 2)) < 0.75
+    # RobRank's metric N: pairwise_distance's 1e-6 outweighs the ±1e-7 offset, so the step hardly
+    # depends on it (measured: 96% of the pixels' signs agree)
+    compat = _est_first_step(True, 1)
+    assert compat.abs().max() > 0 and _same_sign(compat, _est_first_step(True, 2)) > 0.9
+
+
 def test_act_collapses_positive_and_negative():
     x, y = _pair_batch()
     torch.manual_seed(3)
@@ -167,6 +194,7 @@ def test_robrank_steps():
     ("hm", {"ics_weight": -1}, "ics_weight"),
     ("hm", {"ics": "yes"}, "ics"),
     ("est", {"objective": "loss"}, "takes no option"),
+    ("est", {"robrank_compat": "yes"}, "robrank_compat"),
 ])
 def test_bad_options(name, kwargs, match):
     with pytest.raises(ConfigError, match=match):
