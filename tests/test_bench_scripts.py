@@ -46,3 +46,16 @@ def test_method_cost_runs_on_a_fashion_fixture(tmp_path):
         assert row["step_s"] > 0 and row["epoch_s"] == pytest.approx(row["step_s"] * row["steps_per_epoch"], rel=0.01, abs=0.1)
     assert rows["eat"]["step_s"] > rows["standard"]["step_s"]  # three members, each with its own attack
     assert f"M1 {rows['eat']['epoch_s'] / rows['pgd-at']['epoch_s']:.2f}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_process_split_runs_on_a_fashion_fixture(tmp_path):
+    from fixtures import make_fashion
+    root = make_fashion(tmp_path / "fashion", per_class=(26, 2))
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "process_split.py"), "--root", str(root), "--steps", "1",
+                           "--batches", "1", "--warmup", "0", "--threads", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, _, rest = proc.stdout.partition("\n")
+    info = json.loads(rest)
+    assert len(info["step_s_split"]) == 2 and info["step_s_one_process"] > 0
+    assert first.startswith(f"S1 {2 * info['step_s_one_process'] / max(info['step_s_split']):.2f} ")
