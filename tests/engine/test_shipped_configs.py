@@ -1,0 +1,32 @@
+"""Every config the project ships loads: a training config validates, and a benchmark config builds
+every cell's training config, method and attack suite — so a typo in an option of a config that only
+a long run (or a GPU) would read fails here first."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustdml.cli.config import load_train_config
+from robustdml.engine.benchmark import load_benchmark_config
+from robustdml.methods import create_method
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_the_configs_folder_is_found():
+    assert len(CONFIGS) >= 5
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_loads(path):
+    if "grid" not in yaml.safe_load(path.read_text()):
+        assert load_train_config(path).epochs >= 1
+        return
+    bench = load_benchmark_config(path)
+    cells = bench.cells()
+    assert cells
+    for cell in cells:
+        cfg = bench.train_config(cell)
+        create_method(cfg.method, **cfg.method_kwargs)
+        assert bench.suite(cfg).specs()
