@@ -58,7 +58,8 @@ def main() -> int:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        one = step_seconds([(launch(args, args.threads, Path(tmp) / "one.json"), Path(tmp) / "one.json")])[0]
+        one_out = Path(tmp) / "one.json"
+        (one,) = step_seconds([(launch(args, args.threads, one_out), one_out)])
         outs = [Path(tmp) / f"split{i}.json" for i in range(args.threads)]
         split = step_seconds([(launch(args, 1, out), out) for out in outs])
     slowest = max(split)

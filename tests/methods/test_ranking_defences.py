@@ -71,10 +71,13 @@ def test_active_settings_differ_from_standard(name):
     assert not torch.allclose(a[0], b[0])
 
 
-def _adversary_inputs(method, x, y):
-    """The images the method's training forward sees after its adversary (hooked)."""
+def _adversary_inputs(method, x, y, noise_seed=None):
+    """The images the method's training forward sees after its adversary (hooked); ``noise_seed``
+    reseeds the random draws of the method's step after the model is built."""
     torch.manual_seed(0)
     model = create_model("c2f2", embedding_dim=16, in_channels=1).train()
+    if noise_seed is not None:
+        torch.manual_seed(noise_seed)
     seen = []
     model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
     method.loss(model, create_loss("ptriplet", 5, 16), x, y, torch.arange(len(y)))
@@ -93,16 +96,11 @@ def test_est_shifts_the_embeddings_within_eps():
 
 
 def _est_first_step(robrank_compat: bool, noise_seed: int) -> torch.Tensor:
-    """EST's one-step adversarial images of one model and batch, the ±1e-7 offset drawn from ``noise_seed``."""
+    """EST's one-step perturbation of one model and batch, the ±1e-7 offset drawn from ``noise_seed``."""
     x, y = _pair_batch()
-    torch.manual_seed(0)
-    model = create_model("c2f2", embedding_dim=16, in_channels=1).train()
-    seen = []
-    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
-    torch.manual_seed(noise_seed)
     method = create_method("est", eps=0.1, steps=1, robrank_compat=robrank_compat)
-    method.loss(model, create_loss("ptriplet", 5, 16), x, y, torch.arange(len(y)))
-    return seen[0] - x
+    _, (adv,) = _adversary_inputs(method, x, y, noise_seed)
+    return adv - x
 
 
 def _same_sign(a: torch.Tensor, b: torch.Tensor) -> float:
