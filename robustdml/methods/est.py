@@ -7,10 +7,11 @@ on the configured loss of those. Agnostic to the loss and the backbone. At itera
 embedding is offset by ±1e-7 per coordinate, as RobRank does, since the distance has no gradient
 at x' = x: the first step goes in a random direction, as RobRank's cosine-metric (``C``) EST does.
 
-``robrank_compat`` reproduces RobRank's Euclidean-metric (``N``) EST exactly: its embedding shift is
-torch's ``pairwise_distance``, which adds 1e-6 to every coordinate of the difference. At x' = x that
-offset outweighs the ±1e-7 one, so the first step ascends toward the same all-ones embedding
-direction for every image; later steps are unchanged (the shift is then far above 1e-6).
+``robrank_compat`` reproduces RobRank's Euclidean-metric (``N``) EST: its embedding shift is torch's
+``pairwise_distance``, which adds 1e-6 to every coordinate of the difference. At x' = x that offset
+outweighs the ±1e-7 one, so the first step ascends toward the same all-ones embedding direction for
+every image; at later steps the shift is far above 1e-6 and neither offset matters (RobRank adds the
+±1e-7 at the first step only, we at every step).
 """
 
 from __future__ import annotations
