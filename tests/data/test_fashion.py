@@ -115,3 +115,50 @@ def test_c2f2_is_robranks_network():
     assert create_model("small-cnn", embedding_dim=8, in_channels=1).embedding.bias.abs().max() == 0
     with pytest.raises(ConfigError, match="no pretrained"):
         create_model("c2f2", pretrained=True, in_channels=1)
+def _robranks_order(model):
+    """The same parameters in RobRank's layer order: conv, ReLU, max-pool, conv, ReLU, max-pool, FC, ReLU."""
+    conv1, pool1, relu1, conv2, pool2, relu2, _, flatten, fc, relu3 = model.backbone
+    body = torch.nn.Sequential(conv1, torch.nn.ReLU(), pool1, conv2, torch.nn.ReLU(), pool2, flatten, fc, torch.nn.ReLU())
+    return lambda x: F.normalize(model.embedding(body(x)), dim=1)
+
+
+def test_c2f2_matches_robranks_layer_order_bit_for_bit():
+    # ours pools before ReLU (faster); embeddings, input gradients and weight gradients must not move
+    # by one bit, also where max-pool windows tie (blank background, negative and positive biases)
+    torch.manual_seed(0)
+    model = create_model("c2f2", embedding_dim=32, in_channels=1, pretrained=False)
+    with torch.no_grad():
+        model.backbone[0].bias[:16] = -model.backbone[0].bias[:16].abs()
+        model.backbone[0].bias[16:] = model.backbone[0].bias[16:].abs()
+    theirs = _robranks_order(model)
+    x = torch.rand(6, 1, 28, 28)
+    x[:, :, :10] = 0  # a blank band: every window there ties at the bias
+
+    def gradients(net):
+        model.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        e = net(xi)
+        (e[0::2] * e[1::2]).sum().backward()
+        return [xi.grad] + [p.grad.clone() for p in model.parameters()]
+
+    assert torch.equal(model(x), theirs(x))
+    for ours, robranks in zip(gradients(model), gradients(theirs)):
+        assert torch.equal(ours, robranks)
+    assert all(g.abs().sum() > 0 for g in gradients(model))  # every gradient is compared, none is void
+
+
+def test_c2f2_keeps_its_weight_names_and_pools_other_sizes():
+    model = create_model("c2f2", embedding_dim=8, in_channels=1, pretrained=False)
+    # the names every saved c2f2 model uses (so files written before the layer reordering still load)
+    assert [k for k in model.state_dict() if k.startswith("backbone.")] == [
+        "backbone.0.weight", "backbone.0.bias", "backbone.3.weight", "backbone.3.bias",
+        "backbone.8.weight", "backbone.8.bias"]
+    x = torch.rand(2, 1, 36, 36)  # a 9x9 map after two poolings, average-pooled to 7x7
+    features = model.backbone(x)
+    assert features.shape == (2, 1024)
+    nine = model.backbone[:6](x)
+    assert nine.shape[-2:] == (9, 9)
+    expected = model.backbone[7:](F.adaptive_avg_pool2d(nine, 7))
+    assert torch.allclose(features, expected)
+
+
