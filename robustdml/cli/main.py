@@ -376,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # under torchrun: every rank leaves together, the group closed
+            from ..engine.distributed import finish_distributed
+            finish_distributed()
+        return code
     except RobustDMLError as e:
         print(f"robustdml: error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group (nothing to do in a single process).
+
+    A rank that exits with the group still open can abort (SIGABRT) while Python shuts down, as
+    gloo's threads still hold tensors; torchrun then stops the other ranks, rank 0 perhaps before it
+    has written its results. Call it once a command's work is done, not after an error (the other
+    ranks might never reach the barrier)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Rank r's contiguous slice of each global batch of ``sampler`` (every rank draws the same
     global batches from the same seed)."""

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Subset
 
 from robustdml.data import evaluation_sets
-from robustdml.engine.distributed import embed_sharded, init_distributed
+from robustdml.engine.distributed import embed_sharded, finish_distributed, init_distributed
 from robustdml.evaluation import embed
 from robustdml.models import create_model
 
@@ -25,4 +25,5 @@ for n in (len(query), 7, 1):  # an odd size, fewer items than a batch, fewer ite
     else:
         assert got is None
 print(f"rank {rank} of {world}: ok")
+finish_distributed()  # rank 1 is done long before rank 0: leaving with the group open could abort it
 sys.exit(0)

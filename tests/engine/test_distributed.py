@@ -103,3 +103,19 @@ def test_evaluation_embedded_on_every_rank_gathers_in_order_on_rank_0():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok") == 2
+
+
+def test_finish_distributed_closes_the_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from robustdml.engine.distributed import finish_distributed
+
+    finish_distributed()  # a single process without a group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        finish_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
