@@ -115,9 +115,11 @@ def test_c2f2_is_robranks_network():
     assert create_model("small-cnn", embedding_dim=8, in_channels=1).embedding.bias.abs().max() == 0
     with pytest.raises(ConfigError, match="no pretrained"):
         create_model("c2f2", pretrained=True, in_channels=1)
+
+
 def _robranks_order(model):
     """The same parameters in RobRank's layer order: conv, ReLU, max-pool, conv, ReLU, max-pool, FC, ReLU."""
-    conv1, pool1, relu1, conv2, pool2, relu2, _, flatten, fc, relu3 = model.backbone
+    conv1, pool1, _, conv2, pool2, _, _, flatten, fc, _ = model.backbone
     body = torch.nn.Sequential(conv1, torch.nn.ReLU(), pool1, conv2, torch.nn.ReLU(), pool2, flatten, fc, torch.nn.ReLU())
     return lambda x: F.normalize(model.embedding(body(x)), dim=1)
 
@@ -160,5 +162,3 @@ def test_c2f2_keeps_its_weight_names_and_pools_other_sizes():
     assert nine.shape[-2:] == (9, 9)
     expected = model.backbone[7:](F.adaptive_avg_pool2d(nine, 7))
     assert torch.allclose(features, expected)
-
-
