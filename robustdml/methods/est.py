@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from .base import register_method
-from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings
+from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings, flag
 
 
 @register_method
@@ -41,10 +40,8 @@ class EST(RankingDefence):
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
                  robrank_compat: bool = False):
-        if not isinstance(robrank_compat, bool):
-            raise ConfigError(f"robrank_compat must be true or false, got {robrank_compat!r}")
+        self.robrank_compat = flag("robrank_compat", robrank_compat)
         self.adversary = RankingAdversary(eps, steps, step_size)
-        self.robrank_compat = robrank_compat
 
     def loss(self, model, criterion, images, labels, index):
         if self.adversary.bound_eps == 0:

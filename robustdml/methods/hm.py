@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..losses import PairTripletLoss
 from .base import register_method
 from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, clean_embeddings,
-                             distance, mine_triplets)
+                             distance, flag, mine_triplets)
 
 DESTINATIONS = ("gradual", "semihard")
 
@@ -64,11 +64,9 @@ class HM(RankingDefence):
                  eps: float | None = None, steps: int = 32, step_size: float | None = None):
         if destination not in DESTINATIONS:
             raise ConfigError(f"destination must be one of {', '.join(DESTINATIONS)}, not '{destination}'")
-        if not isinstance(ics, bool):
-            raise ConfigError(f"ics must be true or false, got {ics!r}")
         if not isinstance(ics_weight, (int, float)) or ics_weight < 0:
             raise ConfigError(f"ics_weight must be a number >= 0, got {ics_weight!r}")
-        self.destination, self.ics, self.ics_weight = destination, ics, float(ics_weight)
+        self.destination, self.ics, self.ics_weight = destination, flag("ics", ics), float(ics_weight)
         self.adversary = RankingAdversary(eps, steps, step_size)
         self.previous_loss = 2.0
 
