@@ -64,6 +64,14 @@ def accepted_options(fn: Callable) -> set[str]:
     return names
 
 
+def flag(name: str, value) -> bool:
+    """An on/off option of a registered component, refused unless it is a boolean (YAML's true/false;
+    the command line's ``KEY=true`` arrives as one)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_options(fn: Callable, options: dict, what: str, skip: int = 0) -> None:
     """Raise a one-line ConfigError naming any key of ``options`` that ``fn`` does not take."""
     allowed = accepted_options(fn)

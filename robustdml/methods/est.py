@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..registry import flag
 from .base import register_method
-from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings, flag
+from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings
 
 
 @register_method

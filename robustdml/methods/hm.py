@@ -26,9 +26,10 @@ import torch
 
 from ..errors import ConfigError
 from ..losses import PairTripletLoss
+from ..registry import flag
 from .base import register_method
 from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, clean_embeddings,
-                             distance, flag, mine_triplets)
+                             distance, mine_triplets)
 
 DESTINATIONS = ("gradual", "semihard")
 

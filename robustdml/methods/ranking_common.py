@@ -105,13 +105,6 @@ def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
-def flag(name: str, value) -> bool:
-    """A defence's on/off option, refused unless it is a boolean (YAML's true/false)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Euclidean distance of the L2-normalised embeddings (RobRank's metric ``N``)."""
     return (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).norm(dim=-1)
