@@ -35,6 +35,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..registry import flag
 from .base import Attack, CleanPool
 from .registry import register_attack
 
@@ -221,16 +222,32 @@ def _recall_at_1(adversarial: torch.Tensor, context) -> torch.Tensor:
 @register_attack
 class EmbeddingShift(RankingAttack):
     """ES: maximise the embedding's move ``||f(q') - f(q)||`` (a 1e-7 offset keeps the first gradient
-    defined, as RobRank's); reported as ES:D (the move) and ES:R (Recall@1 after it)."""
+    defined, as RobRank's); reported as ES:D (the move) and ES:R (Recall@1 after it).
+
+    At q' = q the objective's gradient points along the offset alone, so the first step of every
+    query ascends one fixed embedding direction (here minus the all-ones vector).
+
+    Args:
+        robrank_compat: the objective as RobRank's metric-N code computes it, torch's
+            ``pairwise_distance``, whose +1e-6 outweighs the offset: the first step ascends the
+            all-ones direction instead, the direction RobRank's EST training adversary starts in
+            (``est`` with ``robrank_compat``). For reproducing its numbers.
+    """
 
     name = "es"
     columns = ("ES:D", "ES:R")
     needs = ("gallery", "gallery_labels", "labels", "self_index")
 
+    def __init__(self, *args, robrank_compat: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.robrank_compat = flag(f"{self.name}.robrank_compat", robrank_compat)
+
     def prepare(self, model, x, context):
         return {"clean": model(x) + 1e-7}
 
     def objective(self, embeddings, state):
+        if self.robrank_compat:
+            return torch.nn.functional.pairwise_distance(embeddings, state["clean"])
         return (embeddings - state["clean"]).norm(dim=1)
 
     def score(self, adversarial, clean, context):
@@ -283,7 +300,7 @@ class GuidedTopMismatch(RankingAttack):
 
     def __init__(self, *args, robrank_compat: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.robrank_compat = bool(robrank_compat)
+        self.robrank_compat = flag(f"{self.name}.robrank_compat", robrank_compat)
 
     def plan(self, pool: CleanPool) -> torch.Tensor:
         own = pool.own_positions()

@@ -91,6 +91,31 @@ def test_targets_follow_robrank():
     assert ca_plus.shape == (5,) and ((ca_plus >= 0) & (ca_plus < 5)).all()
 
 
+def test_es_first_step_ascends_one_fixed_direction_and_robrank_compat_the_opposite_one():
+    clean = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    far = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    values = []
+    for options, sign in (({}, -1.0), ({"robrank_compat": True}, 1.0)):
+        attack = create_attack("es", 0.1, **options)
+        state = attack.prepare(lambda x: x, clean, None)
+        # at q' = q only the offsets are left: every coordinate of the gradient has one sign, the
+        # same for every query (ours: minus the all-ones direction; RobRank's pairwise_distance: plus)
+        start = clean.clone().requires_grad_(True)
+        attack.objective(start, state).sum().backward()
+        assert (torch.sign(start.grad) == sign).all()
+        values.append(attack.objective(far, state))
+    # away from the start the two objectives are the same distance
+    assert torch.allclose(values[0], values[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["es", "gtm"])
+def test_robrank_compat_takes_only_true_or_false(name):
+    # "maybe" or "yes" from the command line arrives as a string: refused, not read as true
+    with pytest.raises(ConfigError, match=f"{name}.robrank_compat must be true or false, got 'maybe'"):
+        create_attack(name, 0.1, robrank_compat="maybe")
+    assert create_attack(name, 0.1, robrank_compat=False).robrank_compat is False
+
+
 @pytest.mark.parametrize("row,expected", [
     # rc2f2:ptripletN (undefended), rc2f2p:ptripletN (ACT), rc2f2d:ptripletN (EST) in doc/dmltab-fashion.txt
     ((1.1, 96.8, 0.3, 97.8, 0.990, 1.604, 0.1, 0.0, 12.6, 0.0), 4.2),
@@ -150,7 +175,7 @@ def test_a_subset_of_the_attacks_fills_its_columns_and_no_ers(digits_model, monk
     monkeypatch.setitem(PROFILES, "tiny", {"eps": 0.1, "step_size": 0.03, "steps": 2})
     test = get_dataset("digits", "test")
     found = evaluate_ranking(digits_model, test, profile="tiny", queries=10, attacks=["gtm", "es"],
-                             attack_kwargs={"gtm": {"robrank_compat": True}})
+                             attack_kwargs={"gtm": {"robrank_compat": True}, "es": {"robrank_compat": True}})
     assert set(found.columns) == {"GTM", "ES:D", "ES:R"} and found.ers is None
     with pytest.raises(ConfigError, match="not a robrank attack"):
         evaluate_ranking(digits_model, test, profile="tiny", attacks=["centroid"])
