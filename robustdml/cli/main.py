@@ -118,7 +118,7 @@ def _cmd_certify(args) -> int:
 def _cmd_attack_ranking(args) -> int:
     """RobRank's attacks under one profile (rob28 for images up to 32 px, else rob224), and the ERS."""
     from ..data import evaluation_sets
-    from ..evaluation.ranking import evaluate_ranking, ranking_table
+    from ..evaluation.ranking import es_start_line, evaluate_ranking, ranking_table
     from ..files import write_json
     from .config import parse_options
 
@@ -139,6 +139,8 @@ def _cmd_attack_ranking(args) -> int:
           f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
           f"(L∞ eps {found.eps:.4f}), {found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
     print(ranking_table(result))
+    if es_start_line(result):
+        print(es_start_line(result))
     print(f"wrote {json_path}")
     return 0
 

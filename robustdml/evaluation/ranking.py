@@ -40,13 +40,17 @@ PUBLISHED_FASHION = {
 #: (25 iterations; trained on a random sample of 256 points per centroid, 2,560 of Fashion-MNIST's 10,000)
 ROBRANK_KMEANS = {"seed": 123, "restarts": 1, "iterations": 25, "max_points_per_centroid": 256}
 
+#: how much stronger ES from the other start may be before the ES figures count as start-dependent
+ES_START_TOLERANCE = {"ES:R": 5.0, "ES:D": 0.1}
+
 
 @dataclass
 class RankingResult:
     """``columns``: RobRank's ten columns after the attacks; ``clean_columns``: the same numbers on
     the unperturbed queries (with the same targets); ``ers`` from ``columns``. ``clean``: our clean
     metrics of the whole test set, plus ``robrank_nmi``, the NMI of RobRank's own k-means
-    (:data:`ROBRANK_KMEANS`), for comparison with its tables."""
+    (:data:`ROBRANK_KMEANS`), for comparison with its tables. ``checks``: ``es_start``
+    (:func:`es_start_check`) where ES ran."""
 
     profile: str
     eps: float
@@ -58,6 +62,7 @@ class RankingResult:
     clean: dict[str, float]
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
+    checks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"suite": "robrank", **asdict(self), "seconds": round(self.seconds, 1)}
@@ -72,15 +77,33 @@ def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
 
 
+def es_start_check(reported: dict[str, float], other: dict[str, float], other_start: str) -> dict:
+    """ES (no random start) takes its first step along one fixed embedding direction: a defence can
+    learn to resist that start alone (RobRank's EST does), and one start can simply miss what another
+    finds. Passed unless ES from the opposite start (``other``) is stronger than the reported one by
+    more than :data:`ES_START_TOLERANCE`: a lower ES:R or a larger ES:D. Where it fails, the reported
+    ES columns (and the ERS) overstate robustness: the worse of the two starts is the honest figure."""
+    gaps = {"ES:R": reported["ES:R"] - other["ES:R"], "ES:D": other["ES:D"] - reported["ES:D"]}
+    eps = 1e-9  # the figures are means of floats: a gap of exactly the tolerance passes
+    return {"passed": all(gaps[c] <= ES_START_TOLERANCE[c] + eps for c in gaps), "other_start": other_start,
+            "other": {c: other[c] for c in ("ES:D", "ES:R")}, "gap": gaps, "tolerance": dict(ES_START_TOLERANCE),
+            "rule": "ES from the opposite first-step direction is not stronger than the reported ES "
+                    "(ES:R not lower, ES:D not larger, beyond the tolerance); else the reported ES "
+                    "figures overstate robustness"}
+
+
 def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *,
                      profile: str = "rob28", queries: int | None = None, seed: int = 0,
                      attacks: list[str] | None = None, attack_kwargs: dict | None = None,
-                     device: str | torch.device = "cpu", batch_size: int = 128, workers: int = 0, kmeans_restarts: int = 1, progress: bool = False) -> RankingResult:
+                     device: str | torch.device = "cpu", batch_size: int = 128, workers: int = 0, kmeans_restarts: int = 1,
+                     check_es_start: bool = True, progress: bool = False) -> RankingResult:
     """Every RobRank attack of ``profile`` (``rob28``, ``rob224``) on the queries; see the module doc.
 
     ``attacks``: a subset of the nine (default all; the ERS needs all). ``attack_kwargs``: per-attack
     constructor options, e.g. ``{"gtm": {"robrank_compat": True}}`` (RobRank's own target choice for
-    GTM, for reproducing its table).
+    GTM, for reproducing its table). ``check_es_start``: where ES runs, run it again from the
+    opposite start (its ``robrank_compat`` flipped) for :func:`es_start_check`; the reported columns
+    stay those of the start asked for.
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
@@ -119,38 +142,49 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
                         num_workers=workers, pin_memory=device.type == "cuda")
     sums = {c: 0.0 for c in COLUMNS}
     clean_sums = {c: 0.0 for c in COLUMNS}
+
+    def run(name: str, options: dict, into: dict, clean_into: dict, label: str) -> None:
+        attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"], **options)
+        targets = attack.plan(pool)
+        for images, labels, local in tqdm(loader, desc=f"{profile} {label}", leave=False,
+                                          disable=None if progress else True):
+            index = torch.from_numpy(chosen[local.numpy()])
+            context = AttackContext(labels=labels, gallery=database, gallery_labels=pool.reference_labels,
+                                    self_index=self_index[index],
+                                    targets=None if targets is None else targets[local])
+            images = images.to(device, non_blocking=True)
+            x_adv = attack(model, images, context)
+            with torch.no_grad():
+                adversarial = model(x_adv).float().cpu()
+            clean_emb = query_emb[index]
+            for column, values in attack.score(adversarial, clean_emb, context).items():
+                into[column] += float(values.sum())
+            for column, values in attack.score(clean_emb, clean_emb, context).items():
+                clean_into[column] += float(values.sum())
+
+    n = len(chosen)
+    checks = {}
     was_training = model.training
     model.eval()
     try:
         for name in attacks:
-            attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"],
-                                   **attack_kwargs.get(name, {}))
-            targets = attack.plan(pool)
-            for images, labels, local in tqdm(loader, desc=f"{profile} {name}", leave=False,
-                                              disable=None if progress else True):
-                index = torch.from_numpy(chosen[local.numpy()])
-                context = AttackContext(labels=labels, gallery=database, gallery_labels=pool.reference_labels,
-                                        self_index=self_index[index],
-                                        targets=None if targets is None else targets[local])
-                images = images.to(device, non_blocking=True)
-                x_adv = attack(model, images, context)
-                with torch.no_grad():
-                    adversarial = model(x_adv).float().cpu()
-                clean_emb = query_emb[index]
-                for column, values in attack.score(adversarial, clean_emb, context).items():
-                    sums[column] += float(values.sum())
-                for column, values in attack.score(clean_emb, clean_emb, context).items():
-                    clean_sums[column] += float(values.sum())
+            run(name, attack_kwargs.get(name, {}), sums, clean_sums, name)
+        if check_es_start and "es" in attacks:
+            options = dict(attack_kwargs.get("es", {}))
+            options["robrank_compat"] = not options.get("robrank_compat", False)
+            other = dict.fromkeys(("ES:D", "ES:R"), 0.0)
+            run("es", options, other, dict(other), "es, other start")
+            checks["es_start"] = es_start_check({c: sums[c] / n for c in other}, {c: v / n for c, v in other.items()},
+                                                "robrank" if options["robrank_compat"] else "ours")
     finally:
         model.train(was_training)
-    n = len(chosen)
     ran = [c for c in COLUMNS if any(c in ATTACKS[a].columns for a in attacks)]
     columns = {c: sums[c] / n for c in ran}
     clean_columns = {c: clean_sums[c] / n for c in ran}
     return RankingResult(profile=profile, eps=settings["eps"], queries=n, seed=seed, columns=columns,
                          clean_columns=clean_columns, ers=ers(columns) if len(ran) == len(COLUMNS) else None, clean=clean,
                          options={k: dict(v) for k, v in attack_kwargs.items()},
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, checks=checks)
 
 
 def ranking_table(result: dict) -> str:
@@ -167,3 +201,16 @@ def ranking_table(result: dict) -> str:
             for label, key, value in (("attacked", "columns", f"{result['ers']:.1f}" if complete else "—"),
                                       ("clean", "clean_columns", f"{ers(result['clean_columns']):.1f}" if complete else "—"))]
     return "\n".join([head, rule, *rows])
+
+
+def es_start_line(result: dict) -> str | None:
+    """One line on a result's ``es_start`` check, or None where it did not run."""
+    check = result.get("checks", {}).get("es_start")
+    if not check:
+        return None
+    whose = "RobRank's" if check["other_start"] == "robrank" else "our"
+    other = f"ES from {whose} start: ES:D {check['other']['ES:D']:.3f}, ES:R {check['other']['ES:R']:.1f}"
+    if check["passed"]:
+        return f"check es_start: passed ({other})"
+    return (f"check es_start: FAILED ({other}, stronger than the reported {result['columns']['ES:D']:.3f} / "
+            f"{result['columns']['ES:R']:.1f}: the reported ES figures overstate robustness)")

@@ -159,6 +159,12 @@ def _ranking_md(group: dict, dataset: str = "") -> str:
         for method, row in PUBLISHED_FASHION.items():
             values = [row["recall@1"], row["nmi"], ers(dict(zip(COLUMNS, row["columns"]))), *row["columns"]]
             lines.append(f"| RobRank's {method} (published) | | " + " | ".join(f"{v:.3g}" for v in values) + " | |")
+    failed = [f"{method} seed {f['seed']} (ES:R {f['checks']['es_start']['other']['ES:R']:.1f} against "
+              f"{f['columns']['ES:R']:.1f})" for method, found in rows.items() for f in found
+              if not f.get("checks", {}).get("es_start", {}).get("passed", True)]
+    if failed:
+        lines.append(f"\nES from the other start direction is stronger (`es_start` check failed; the ES columns "
+                     f"and ERS above are optimistic) for: {', '.join(failed)}.")
     return "\n".join(lines) + "\n"
 
 

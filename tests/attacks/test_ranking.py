@@ -11,7 +11,7 @@ from robustdml.attacks.base import CleanPool
 from robustdml.attacks.ranking import COLUMNS, PROFILES, ers
 from robustdml.data import get_dataset
 from robustdml.errors import ConfigError
-from robustdml.evaluation.ranking import evaluate_ranking, query_subset
+from robustdml.evaluation.ranking import ES_START_TOLERANCE, es_start_check, es_start_line, evaluate_ranking, query_subset
 from robustdml.models import create_model
 
 
@@ -108,6 +108,26 @@ def test_es_first_step_ascends_one_fixed_direction_and_robrank_compat_the_opposi
     assert torch.allclose(values[0], values[1], atol=1e-5)
 
 
+def test_es_start_check_fails_only_when_the_other_start_is_stronger():
+    reported = {"ES:D": 0.40, "ES:R": 63.6}
+    # the other start weaker (RobRank's EST under our start is the reverse case): passed
+    assert es_start_check(reported, {"ES:D": 0.30, "ES:R": 70.0}, "ours")["passed"]
+    # stronger by exactly the tolerance: passed; by more, on either figure: failed
+    tol_r, tol_d = ES_START_TOLERANCE["ES:R"], ES_START_TOLERANCE["ES:D"]
+    assert es_start_check(reported, {"ES:D": 0.40, "ES:R": 63.6 - tol_r}, "ours")["passed"]
+    assert not es_start_check(reported, {"ES:D": 0.40, "ES:R": 63.6 - tol_r - 0.1}, "ours")["passed"]
+    assert not es_start_check(reported, {"ES:D": 0.40 + tol_d + 0.01, "ES:R": 63.6}, "ours")["passed"]
+    # measured on RobRank's EST at its settings (seed 0): reported with RobRank's start, ours is far stronger
+    failed = es_start_check(reported, {"ES:D": 0.483, "ES:R": 6.4}, "ours")
+    assert not failed["passed"] and failed["gap"]["ES:R"] == pytest.approx(57.2)
+    line = es_start_line({"columns": reported, "checks": {"es_start": failed}})
+    assert line.startswith("check es_start: FAILED (ES from our start: ES:D 0.483, ES:R 6.4")
+    passed = es_start_check({"ES:D": 0.483, "ES:R": 6.4}, reported, "robrank")
+    assert es_start_line({"columns": {}, "checks": {"es_start": passed}}).startswith(
+        "check es_start: passed (ES from RobRank's start")
+    assert es_start_line({"columns": reported}) is None
+
+
 @pytest.mark.parametrize("name", ["es", "gtm"])
 def test_robrank_compat_takes_only_true_or_false(name):
     # "maybe" or "yes" from the command line arrives as a string: refused, not read as true
@@ -154,6 +174,18 @@ def test_evaluate_ranking_end_to_end(digits_model, monkeypatch):
     assert found.columns["TMA"] > found.clean_columns["TMA"] and found.columns["ES:D"] > 0
     assert found.clean_columns["ES:D"] == pytest.approx(0, abs=1e-5) and found.clean_columns["GTT"] == 100
     assert found.ers == pytest.approx(ers(found.columns))
+    # ES ran again from RobRank's start for the check; the columns stay those of our start
+    check = found.checks["es_start"]
+    assert check["other_start"] == "robrank" and set(check["other"]) == {"ES:D", "ES:R"}
+    assert check["passed"] == es_start_check(found.columns, check["other"], "robrank")["passed"]
+    assert check["gap"]["ES:R"] == pytest.approx(found.columns["ES:R"] - check["other"]["ES:R"])
+    # asked for RobRank's start, the check runs ours, and its ES figures are the first run's reported ones
+    flipped = evaluate_ranking(digits_model, test, profile="tiny", queries=40, seed=1, attacks=["es"],
+                               attack_kwargs={"es": {"robrank_compat": True}})
+    assert flipped.checks["es_start"]["other_start"] == "ours"
+    assert flipped.checks["es_start"]["other"] == pytest.approx({c: found.columns[c] for c in ("ES:D", "ES:R")})
+    assert flipped.columns == pytest.approx(check["other"])
+    assert not evaluate_ranking(digits_model, test, profile="tiny", queries=10, attacks=["es"], check_es_start=False).checks
     # eps 0: the attacked numbers are the clean ones
     monkeypatch.setitem(PROFILES, "zero", {"eps": 0.0, "step_size": 0.03, "steps": 3})
     still = evaluate_ranking(digits_model, test, profile="zero", queries=40, seed=1)
@@ -176,6 +208,7 @@ def test_a_subset_of_the_attacks_fills_its_columns_and_no_ers(digits_model, monk
     test = get_dataset("digits", "test")
     found = evaluate_ranking(digits_model, test, profile="tiny", queries=10, attacks=["gtm", "es"],
                              attack_kwargs={"gtm": {"robrank_compat": True}, "es": {"robrank_compat": True}})
-    assert set(found.columns) == {"GTM", "ES:D", "ES:R"} and found.ers is None
+    assert set(found.columns) == {"GTM", "ES:D", "ES:R"} and found.ers is None and "es_start" in found.checks
+    assert not evaluate_ranking(digits_model, test, profile="tiny", queries=10, attacks=["gtm"]).checks
     with pytest.raises(ConfigError, match="not a robrank attack"):
         evaluate_ranking(digits_model, test, profile="tiny", attacks=["centroid"])

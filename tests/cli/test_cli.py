@@ -111,6 +111,7 @@ def test_fashion_train_then_robrank_suite(tmp_path, capsys):
     assert result["profile"] == "rob28" and result["queries"] == 6 and result["options"] == {"gtm": {"robrank_compat": True}}
     assert set(result["columns"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT"}
     assert "ERS" in printed and "6 queries" in printed
+    assert result["checks"]["es_start"]["other_start"] == "robrank" and "check es_start: " in printed
     assert main(["attack", str(run), "--dataset", "fashion", "--root", str(root), "--suite", "robrank",
                  "--steps", "3"]) == 2
     assert "fixed by its profile" in capsys.readouterr().err

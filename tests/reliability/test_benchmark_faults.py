@@ -130,6 +130,14 @@ def test_benchmark_runs_robrank_columns_and_certificates_into_the_report(tmp_pat
                and line.count("|") == 17)
     assert f"{cell['robrank']['ers']:.3g} ± 0" in row and f"{cell['robrank']['clean']['recall@1']:.3g} ± 0" in row
     assert row.rstrip(" |").endswith(f"{cell['seconds_per_epoch']:.0f}")
+    # the ES start check ran; a failed one is named under the table
+    check = cell["robrank"]["checks"]["es_start"]
+    assert check["other_start"] == "robrank" and ("other start direction is stronger" in md.read_text()) != check["passed"]
+    check["passed"] = False
+    (tmp_path / "out/cells/digits-small-cnn-standard-s0/result.json").write_text(json.dumps(cell))
+    md, _ = build_report(tmp_path / "out")
+    assert (f"`es_start` check failed; the ES columns and ERS above are optimistic) for: standard seed 0 "
+            f"(ES:R {check['other']['ES:R']:.1f} against {cell['robrank']['columns']['ES:R']:.1f})") in md.read_text()
     found = cell["certify"]
     assert found["images"] == 12 and found["radii"] == [0, 0.01] and "per_image" not in found
     assert len(found["certified_assignment"]) == 2 and found["certified_assignment"][0] >= found["certified_assignment"][1]
