@@ -139,8 +139,8 @@ def _cmd_attack_ranking(args) -> int:
           f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
           f"(L∞ eps {found.eps:.4f}), {found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
     print(ranking_table(result))
-    if es_start_line(result):
-        print(es_start_line(result))
+    if line := es_start_line(result):
+        print(line)
     print(f"wrote {json_path}")
     return 0
 

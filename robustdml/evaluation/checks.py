@@ -10,6 +10,8 @@ from __future__ import annotations
 from .metrics import metric_info, metric_names, worse
 
 TOLERANCE = 0.02  # how far a worst-case metric may move the "wrong" way before a check fails
+#: the robrank suite's ES: how much stronger ES from the other start may be (points of ES:R, ES:D)
+ES_START_TOLERANCE = {"ES:R": 5.0, "ES:D": 0.1}
 
 
 def _within(moved: float, tolerance: float) -> bool:
@@ -108,3 +110,17 @@ def not_stronger_than_white_box(results: dict, eps_keys: list[str], white: list[
             gaps[k][c] = _toward_defender(c, pick(white_values), pick(other_values))
     return {"passed": all(_within(g, tolerance) for d in gaps.values() for g in d.values()), "gap": gaps, "compared": others,
             "tolerance": tolerance, "rule": NOT_STRONGER_RULES.get(check, "") + "; white-box worst minus theirs <= tolerance"}
+
+
+def es_start_check(reported: dict[str, float], other: dict[str, float], other_start: str) -> dict:
+    """ES (no random start) takes its first step along one fixed embedding direction: a defence can
+    learn to resist that start alone (RobRank's EST does), and one start can simply miss what another
+    finds. Passed unless ES from the opposite start (``other``) is stronger than the reported one by
+    more than :data:`ES_START_TOLERANCE`: a lower ES:R or a larger ES:D. Where it fails, the reported
+    ES columns (and the ERS) overstate robustness: the worse of the two starts is the honest figure."""
+    gaps = {"ES:R": reported["ES:R"] - other["ES:R"], "ES:D": other["ES:D"] - reported["ES:D"]}
+    return {"passed": all(_within(gaps[c], ES_START_TOLERANCE[c]) for c in gaps), "other_start": other_start,
+            "other": {c: other[c] for c in ("ES:D", "ES:R")}, "gap": gaps, "tolerance": dict(ES_START_TOLERANCE),
+            "rule": "ES from the opposite first-step direction is not stronger than the reported ES "
+                    "(ES:R not lower, ES:D not larger, beyond the tolerance); else the reported ES "
+                    "figures overstate robustness"}

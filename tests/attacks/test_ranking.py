@@ -11,7 +11,8 @@ from robustdml.attacks.base import CleanPool
 from robustdml.attacks.ranking import COLUMNS, PROFILES, ers
 from robustdml.data import get_dataset
 from robustdml.errors import ConfigError
-from robustdml.evaluation.ranking import ES_START_TOLERANCE, es_start_check, es_start_line, evaluate_ranking, query_subset
+from robustdml.evaluation.checks import ES_START_TOLERANCE, es_start_check
+from robustdml.evaluation.ranking import es_start_line, evaluate_ranking, query_subset
 from robustdml.models import create_model
 
 
