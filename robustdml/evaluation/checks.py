@@ -120,7 +120,7 @@ def es_start_check(reported: dict[str, float], other: dict[str, float], other_st
     ES columns (and the ERS) overstate robustness: the worse of the two starts is the honest figure."""
     gaps = {"ES:R": reported["ES:R"] - other["ES:R"], "ES:D": other["ES:D"] - reported["ES:D"]}
     return {"passed": all(_within(gaps[c], ES_START_TOLERANCE[c]) for c in gaps), "other_start": other_start,
-            "other": {c: other[c] for c in ("ES:D", "ES:R")}, "gap": gaps, "tolerance": dict(ES_START_TOLERANCE),
+            "other": {c: other[c] for c in gaps}, "gap": gaps, "tolerance": dict(ES_START_TOLERANCE),
             "rule": "ES from the opposite first-step direction is not stronger than the reported ES "
                     "(ES:R not lower, ES:D not larger, beyond the tolerance); else the reported ES "
                     "figures overstate robustness"}

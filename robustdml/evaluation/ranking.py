@@ -156,7 +156,7 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
         if check_es_start and "es" in attacks:
             options = dict(attack_kwargs.get("es", {}))
             options["robrank_compat"] = not options.get("robrank_compat", False)
-            other = dict.fromkeys(("ES:D", "ES:R"), 0.0)
+            other = dict.fromkeys(ATTACKS["es"].columns, 0.0)
             run("es", options, other, None, "es, other start")
             checks["es_start"] = es_start_check({c: sums[c] / n for c in other}, {c: v / n for c, v in other.items()},
                                                 "robrank" if options["robrank_compat"] else "ours")
