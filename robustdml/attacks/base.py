@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import EnsembleNet
+from ..models.modes import eval_mode
 from .context import AttackContext, Norm
 from .optim import Optimizer, Tracer, gradient_ascent, project, random_search, random_start
 
@@ -137,14 +138,10 @@ class Attack(ABC):
         context = context if context is not None else AttackContext()
         context.require(self.needs, self.name)
         x = images.detach().clone()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model, context.surrogate):
             with torch.no_grad():
                 state = self.prepare(model, x, context)
             return self.perturb(model, x, state, context).detach()
-        finally:
-            model.train(was_training)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, state: dict, context: AttackContext) -> torch.Tensor:
         if self.eps == 0:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,22 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Run the block on random streams of its own, seeded with ``seed``, and give the global ones
+    (torch, CUDA, numpy, Python) back untouched afterwards: whatever the block draws, the caller's
+    next draw is the one it would have been without the block. Robust validation during training
+    runs in here, so that training with and without it gives bit-identical weights."""
+    saved = rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def _tuplify(x):

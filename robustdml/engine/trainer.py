@@ -41,7 +41,7 @@ from ..files import write_json, write_text
 from ..losses import create_loss
 from ..methods import TrainingSetup, create_method
 from ..models import create_model, save_model
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import isolated_rng, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .devices import default_workers, resolve_device
 from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
@@ -220,7 +220,8 @@ class Trainer:
         return metrics
 
     def robust_validation(self) -> dict[str, float]:
-        """One cheap attack on a fixed, seeded subset of the test queries (leave-one-out retrieval)."""
+        """One cheap attack on a fixed, seeded subset of the test queries (leave-one-out retrieval).
+        It leaves the model and the training's random streams exactly as it found them."""
         cfg = self.cfg
         if not hasattr(self, "_robust_subset"):
             n = len(self.query_set)
@@ -232,9 +233,12 @@ class Trainer:
         else:
             suite = AttackSuite([cfg.robust_eval_attack], eps=[eps], steps=cfg.robust_eval_steps,
                                 batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        result = evaluate_robustness(self.model, self._robust_subset, None, suite, threat=self.threat,
-                                     ks=self.spec.recall_ks, device=self.device, kmeans_seed=cfg.seed,
-                                     kmeans_restarts=cfg.kmeans_restarts, checks=False, samples=0)
+        # own random streams (the training ones are left where they were) and the model in eval mode
+        # throughout (evaluate_robustness's own guarantee): nothing of the test set reaches the model
+        with isolated_rng(cfg.seed):
+            result = evaluate_robustness(self.model, self._robust_subset, None, suite, threat=self.threat,
+                                         ks=self.spec.recall_ks, device=self.device, kmeans_seed=cfg.seed,
+                                         kmeans_restarts=cfg.kmeans_restarts, checks=False, samples=0)
         return result.worst[eps_key(eps)]
 
     # --- loop ------------------------------------------------------------------------------------

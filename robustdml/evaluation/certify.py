@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..models.modes import eval_mode
 from .metrics import ari, kmeans, nmi, pairwise_f1
 
 #: the factor of the approximate center's triangle inequality (center = a sample, 2-approximate)
@@ -224,8 +225,6 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
     ``gallery_set=None``: leave-one-out retrieval within the query set."""
     radii = check_radii(radii, smoothing)
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(smoothing.seed)
 
@@ -244,15 +243,13 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
                            else np.full(len(radii), np.inf))
         return torch.stack(centers).numpy(), np.array(labels), np.array(goods), np.array(out)
 
-    try:
+    with eval_mode(model):
         z, labels, good, big_r = smooth_all(query_set, True)
         if gallery_set is None:
             gz, gl, self_index = z, labels, np.arange(len(z))
         else:
             gz, gl, _, _ = smooth_all(gallery_set, False)
             self_index = None
-    finally:
-        model.train(was_training)
     clusters, centroids = kmeans(z, int(len(np.unique(labels))), seed=kmeans_seed)
     assign, cell_margin = voronoi_margin(z, centroids)
     correct, answer_margin = retrieval_margin(z, labels, gz, gl, self_index)
@@ -292,15 +289,11 @@ def eot_attack(model: nn.Module, x: torch.Tensor, objective, eps: float, sigma: 
     x = x.detach().unsqueeze(0)
     delta = torch.zeros_like(x)
     step = 2.5 * eps / steps
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(steps):
             delta.requires_grad_(True)
             noise = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device) * sigma
             value = objective(model(x + delta + noise)).mean()
             (grad,) = torch.autograd.grad(value, delta)
             delta = project(x, delta.detach() + step * grad / grad.norm().clamp_min(1e-12), eps, Norm.L2)
-    finally:
-        model.train(was_training)
     return (x + delta).detach().squeeze(0)

@@ -8,20 +8,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..models.modes import eval_mode
+
 
 @torch.no_grad()
 def embed(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu",
           workers: int = 0, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """Returns (embeddings (N, D) float32 on CPU, labels (N,))."""
-    was_training = model.training
-    model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=torch.device(device).type == "cuda")
     out, labels = [], []
-    try:
+    with eval_mode(model):
         for images, y in tqdm(loader, desc="embed", leave=False, disable=None if progress else True):
             out.append(model(images.to(device, non_blocking=True)).float().cpu())
             labels.append(y)
-    finally:
-        model.train(was_training)
     return torch.cat(out), torch.cat(labels).numpy()

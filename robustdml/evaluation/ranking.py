@@ -24,6 +24,7 @@ from ..attacks.base import CleanPool
 from ..attacks.ranking import COLUMNS, PROFILES, RANKING_ATTACKS, ers
 from ..data import IndexedDataset
 from ..errors import ConfigError
+from ..models.modes import eval_mode
 from ..registry import check_options
 from .checks import es_start_check
 from .embed import embed
@@ -148,9 +149,7 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
 
     n = len(chosen)
     checks = {}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for name in attacks:
             run(name, attack_kwargs.get(name, {}), sums, clean_sums, name)
         if check_es_start and "es" in attacks:
@@ -160,8 +159,6 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset 
             run("es", options, other, None, "es, other start")
             checks["es_start"] = es_start_check({c: sums[c] / n for c in other}, {c: v / n for c, v in other.items()},
                                                 "robrank" if options["robrank_compat"] else "ours")
-    finally:
-        model.train(was_training)
     ran = [c for c in COLUMNS if any(c in ATTACKS[a].columns for a in attacks)]
     columns = {c: sums[c] / n for c in ran}
     clean_columns = {c: clean_sums[c] / n for c in ran}

@@ -27,6 +27,7 @@ from ..attacks.base import CleanPool
 from ..data import IndexedDataset
 from ..errors import ConfigError
 from ..models import EnsembleNet
+from ..models.modes import eval_mode
 from . import checks as honest
 from . import combine
 from .embed import embed
@@ -281,26 +282,27 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
         specs = [s for s in specs if s.attack != "transfer"]
     if not specs:
         raise ConfigError("no attack left to run: the transfer attack needs a surrogate model (--surrogate PATH)")
-    eps_values, main_eps = suite.eps_values(threat), suite.main_eps(threat)
-    pool = _TestPool(model, query_set, gallery_set, ks, device, suite.batch_size, kmeans_seed, kmeans_restarts,
-                     surrogate, workers, progress, suite.seed)
-    run = _SuiteRun(pool, suite, threat, specs, samples)
-    at_main = run.at_eps(main_eps)
-    results = {label: {eps_key(main_eps): o.metrics} for label, o in at_main.items()}
-    strongest = run.strongest(results, main_eps)
-    for eps in eps_values:
-        if eps != main_eps:
-            sweep = strongest + [a for a in run.specs if a == "noise"] if suite.sweep_strongest else None
-            for label, outcome in run.at_eps(eps, sweep).items():
-                results[label][eps_key(eps)] = outcome.metrics
-    results = {label: dict(sorted(per_eps.items(), key=lambda kv: float(kv[0]))) for label, per_eps in results.items()}
-    keys = [eps_key(e) for e in eps_values]
-    worst, worst_attack = worst_case(results, keys)
-    settings = {**suite.to_dict(), "norm": suite.norm or threat.norm.value, "eps": eps_values, "main_eps": main_eps,
-                "attacks": list(results)}
-    found, convergence = {}, {}
-    if suite.checks if checks is None else checks:
-        found, convergence = run_checks(run, results, worst, keys, main_eps, at_main, strongest)
+    with eval_mode(model, surrogate):  # evaluation never changes the model: no BatchNorm update, mode given back
+        eps_values, main_eps = suite.eps_values(threat), suite.main_eps(threat)
+        pool = _TestPool(model, query_set, gallery_set, ks, device, suite.batch_size, kmeans_seed, kmeans_restarts,
+                         surrogate, workers, progress, suite.seed)
+        run = _SuiteRun(pool, suite, threat, specs, samples)
+        at_main = run.at_eps(main_eps)
+        results = {label: {eps_key(main_eps): o.metrics} for label, o in at_main.items()}
+        strongest = run.strongest(results, main_eps)
+        for eps in eps_values:
+            if eps != main_eps:
+                sweep = strongest + [a for a in run.specs if a == "noise"] if suite.sweep_strongest else None
+                for label, outcome in run.at_eps(eps, sweep).items():
+                    results[label][eps_key(eps)] = outcome.metrics
+        results = {label: dict(sorted(per_eps.items(), key=lambda kv: float(kv[0]))) for label, per_eps in results.items()}
+        keys = [eps_key(e) for e in eps_values]
+        worst, worst_attack = worst_case(results, keys)
+        settings = {**suite.to_dict(), "norm": suite.norm or threat.norm.value, "eps": eps_values, "main_eps": main_eps,
+                    "attacks": list(results)}
+        found, convergence = {}, {}
+        if suite.checks if checks is None else checks:
+            found, convergence = run_checks(run, results, worst, keys, main_eps, at_main, strongest)
     return RobustResult(pool.clean, results, worst, worst_attack, found, settings, main_eps, _sample(at_main, main_eps),
                         pool.clean_emb, pool.labels, convergence, time.time() - start)
 

@@ -22,6 +22,7 @@ from ..attacks import Norm, ThreatModel
 from ..attacks.optim import project
 from ..errors import ConfigError
 from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
+from ..models.modes import eval_mode
 from .adversarial import AdversarialMethod
 
 #: RobRank's triplet margin for normalised Euclidean embeddings
@@ -69,10 +70,8 @@ class RankingAdversary:
         x = images.detach()
         if self.bound_eps == 0:
             return x
-        was_training = model.training
-        model.eval()
         delta, previous = torch.zeros_like(x), None
-        try:
+        with eval_mode(model):
             for _ in range(self.steps):
                 d = delta.requires_grad_(True)
                 value = objective(model(x + d)).sum()
@@ -83,8 +82,6 @@ class RankingAdversary:
                     if previous is not None and abs(current - previous) < 1e-7:
                         break
                     previous = current
-        finally:
-            model.train(was_training)
         return (x + delta).detach()
 
 
@@ -97,12 +94,8 @@ class RankingDefence(AdversarialMethod):
 @torch.no_grad()
 def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The model's embeddings of the clean batch in eval mode (its mode restored), without gradients."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(images)
-    finally:
-        model.train(was_training)
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
