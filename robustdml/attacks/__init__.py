@@ -15,7 +15,7 @@
 """
 
 from .base import Attack, project, random_start
-from .context import AttackContext, Norm, ThreatModel
+from .context import AttackContext, Norm, ThreatModel, check_eps, format_budget, format_eps, parse_eps
 from .centroid import CentroidMargin
 from .displacement import EmbeddingDisplacement
 from .loss import LossAttack
@@ -26,6 +26,6 @@ from .retrieval import RetrievalAttack
 from .targeted import CentroidBalanced, CentroidNearest, CentroidRandom, FeatureBalanced, FeatureNearest
 from .transfer import TransferAttack
 
-__all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
+__all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "parse_eps", "check_eps", "format_eps", "format_budget", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
            "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise",
            "CentroidNearest", "CentroidRandom", "CentroidBalanced", "FeatureNearest", "FeatureBalanced", "RANKING_ATTACKS"]

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models import EnsembleNet
 from ..models.modes import eval_mode
-from .context import AttackContext, Norm
+from .context import AttackContext, Norm, check_eps, parse_eps
 from .optim import Optimizer, Tracer, gradient_ascent, project, random_search, random_start
 
 __all__ = ["Attack", "CleanPool", "project", "random_start"]
@@ -86,18 +86,18 @@ class Attack(ABC):
     def __init__(self, eps: float, steps: int = 10, step_size: float | None = None, norm: Norm | str = Norm.LINF,
                  random_init: bool = True, restarts: int = 1, seed: int = 0, optimizer: Optimizer | str = Optimizer.PGD,
                  reweight_members: bool = False):
-        if not eps >= 0:
-            raise ConfigError(f"eps must be >= 0, got {eps}")
         if int(steps) != steps or steps < 1:
             raise ConfigError(f"steps must be a whole number >= 1, got {steps}")
         if int(restarts) != restarts or restarts < 1:
             raise ConfigError(f"restarts must be a whole number >= 1, got {restarts}")
+        step_size = None if step_size is None else parse_eps(step_size, "step_size")
         if step_size is not None and not step_size > 0:
             raise ConfigError(f"step_size must be positive, got {step_size}")
         try:
             self.norm = Norm(norm)
         except ValueError:
             raise ConfigError(f"norm must be one of {', '.join(n.value for n in Norm)}, not {norm!r}") from None
+        eps = check_eps(parse_eps(eps), self.norm)
         try:
             self.optimizer = Optimizer(optimizer)
         except ValueError:

@@ -20,6 +20,65 @@ class Norm(str, Enum):
     LINF = "linf"
     L2 = "l2"
 
+    @property
+    def symbol(self) -> str:
+        return {"linf": "L∞", "l2": "L2"}[self.value]
+
+
+_PIXEL_LEVELS = 255  # budgets are often written in 8-bit pixel levels: 8/255
+
+
+def parse_eps(value, what: str = "eps") -> float:
+    """A budget as a person writes it — ``0.1``, ``"0.1"``, ``"8/255"`` — as a float, or a one-line
+    :class:`ConfigError`. Every place that takes an eps (CLI, YAML, options) reads it through here.
+
+    Example:
+        >>> parse_eps("8/255")
+        0.03137254901960784
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a number or a fraction like 8/255, not {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    num, slash, den = text.partition("/")
+    try:
+        if slash:
+            if float(den) == 0:
+                raise ValueError
+            return float(num) / float(den)
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number or a fraction like 8/255, not {value!r}") from None
+
+
+def check_eps(eps: float, norm: "Norm | str" = "linf", what: str = "eps") -> float:
+    """``eps`` if it can be a budget for [0, 1] images under ``norm``, else a one-line error saying
+    what was probably meant (an L∞ eps above 1 is a budget in pixel levels: 8 meant 8/255)."""
+    if not eps >= 0:
+        raise ConfigError(f"{what} must be >= 0, got {eps:g}")
+    if Norm(norm) is Norm.LINF and eps > 1:
+        raise ConfigError(f"{what} {eps:g} is above 1, but images are in [0, 1] and an L∞ budget above 1 changes "
+                          f"nothing: did you mean {eps:g}/{_PIXEL_LEVELS}?")
+    return eps
+
+
+def format_eps(eps: float) -> str:
+    """A budget as a person reads it: a short decimal where there is one (0.1, 0.05), else a
+    fraction of 255 where it is one (8/255), else 6 significant digits."""
+    short = f"{eps:.4g}"
+    if abs(float(short) - eps) < 1e-12:
+        return short
+    levels = eps * _PIXEL_LEVELS
+    if round(levels) >= 1 and abs(levels - round(levels)) < 2e-4:  # 2e-4: eps keys keep 6 significant digits
+        return f"{round(levels)}/{_PIXEL_LEVELS}"
+    return f"{eps:.6g}"
+
+
+def format_budget(eps: float, norm: "Norm | str" = "linf") -> str:
+    """``L∞ 8/255``, ``L2 0.5``: what every printed table says a figure was measured under."""
+    return f"{Norm(norm).symbol} {format_eps(eps)}"
+
 
 @dataclass(frozen=True)
 class ThreatModel:

@@ -38,7 +38,10 @@ def _cmd_evaluate(args) -> int:
     from ..files import write_json
     from ..reporting import metrics_table
 
+    from ..data import evaluation_sets
+
     model, device, workers = _load_for_evaluation(args)
+    _check_data(args, evaluation_sets(args.dataset, args.root, image_size=args.image_size)[0])
     metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
                              image_size=args.image_size, seed=args.seed, workers=workers, progress=not args.quiet,
                              restarts=args.kmeans_restarts)
@@ -54,6 +57,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_attack(args) -> int:
     from ..attacks import ThreatModel
     from ..data import dataset_spec, evaluation_sets
+    from ..engine.provenance import settings_hash
     from ..evaluation.robust import AttackSuite, evaluate_robustness
     from ..files import write_json
     from ..models import load_model
@@ -67,18 +71,23 @@ def _cmd_attack(args) -> int:
     suite = AttackSuite(args.attack or args.suite, eps=args.eps, norm=args.norm, seed=args.seed,
                         batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option),
                         **{k: v for k, v in custom.items() if v is not None})
+    threat = ThreatModel.of(args.dataset)
+    suite.eps_values(threat)  # pre-flight: a budget that cannot be meant fails here, before any work
     model, device, workers = _load_for_evaluation(args)
     surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
-    found = evaluate_robustness(model, query, gallery, suite, threat=ThreatModel.of(args.dataset),
+    _check_data(args, query)
+    found = evaluate_robustness(model, query, gallery, suite, threat=threat,
                                 ks=dataset_spec(args.dataset).recall_ks, device=device, surrogate=surrogate,
                                 kmeans_seed=args.seed, kmeans_restarts=args.kmeans_restarts, workers=workers,
                                 progress=not args.quiet)
-    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
-    out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
-    json_path = Path(args.json) if args.json else out_dir / "attack.json"
+    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset, "test_images": len(query)}
+    # one file per dataset and suite: a run on other data or with another suite never replaces this one
+    stem = f"{args.dataset}-{found.settings['suite'] or 'custom-' + settings_hash(found.settings)[:8]}"
+    out_dir = _results_dir(args, "attack")
+    json_path = Path(args.json) if args.json else out_dir / f"{stem}.json"
     write_json(json_path, result)
-    plots = _attack_plots(found, out_dir)
+    plots = _attack_plots(found, out_dir / stem)
     print(_attack_summary(found))
     print(f"wrote {json_path}, {', '.join(map(str, plots))}")
     return 0
@@ -86,7 +95,7 @@ def _cmd_attack(args) -> int:
 
 def _cmd_certify(args) -> int:
     from ..data import evaluation_sets
-    from ..evaluation.certify import Smoothing, certify, default_radii
+    from ..evaluation.certify import SMOOTHED_VS_CERTIFIED, Smoothing, certify, default_radii
     from ..evaluation.ranking import query_subset
     from ..files import write_json
     from torch.utils.data import Subset
@@ -96,18 +105,22 @@ def _cmd_certify(args) -> int:
     radii = args.radii or default_radii(smoothing.sigma)
     model, device, _ = _load_for_evaluation(args)
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
+    _check_data(args, query)
     if args.queries:
         query = Subset(query, query_subset(len(query), args.queries, args.seed).tolist())
     found = certify(model, query, gallery, smoothing=smoothing, radii=radii, device=device, kmeans_seed=args.seed,
                     progress=not args.quiet)
     result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset, "queries": len(query)}
-    out_dir = Path(args.out) if args.out else (Path(args.model) / "certify" if Path(args.model).is_dir() else Path("certify"))
-    json_path = Path(args.json) if args.json else out_dir / f"certify-sigma{args.sigma:g}.json"
+    stem = f"{args.dataset}-sigma{args.sigma:g}"
+    out_dir = _results_dir(args, "certify")
+    json_path = Path(args.json) if args.json else out_dir / f"{stem}.json"
     write_json(json_path, result)
     from ..reporting.plots import plot_certified
-    plot = plot_certified({str(args.model): result}, out_dir / f"certify-sigma{args.sigma:g}.png")
-    print(f"{args.dataset}, sigma {args.sigma:g}: {found.images} images, {found.abstained} abstained; smoothed clean "
+    plot = plot_certified({str(args.model): result}, out_dir / f"{stem}.png")
+    print(f"{args.dataset}, sigma {args.sigma:g}: {found.images} images, abstain rate "
+          f"{found.abstained / found.images:.3f} ({found.abstained} of {found.images}); smoothed clean "
           f"NMI {found.clean['nmi']:.3f}, R@1 {found.clean['recall@1']:.3f}; {found.seconds_per_image:.2f} s per image")
+    print(f"({SMOOTHED_VS_CERTIFIED}.)")
     print("radius (L2)   certified assignment   certified R@1")
     for r, a, k in zip(found.radii, found.certified_assignment, found.certified_recall_at_1):
         print(f"{r:11.4g}   {a:20.3f}   {k:13.3f}")
@@ -126,14 +139,14 @@ def _cmd_attack_ranking(args) -> int:
         raise RobustDMLError("the robrank suite is fixed by its profile: drop --steps/--restarts/--eps/--norm/--surrogate")
     model, device, workers = _load_for_evaluation(args)
     query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
+    _check_data(args, query)
     profile = args.profile or ("rob28" if query[0][0].shape[-1] <= 32 else "rob224")
     found = evaluate_ranking(model, query, gallery, profile=profile, queries=args.queries, seed=args.seed,
                              attacks=args.attack, attack_kwargs=parse_options(args.attack_option), device=device,
                              batch_size=min(args.batch_size, 128), workers=workers,
                              kmeans_restarts=args.kmeans_restarts, progress=not args.quiet)
     result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
-    out_dir = Path(args.out) if args.out else (Path(args.model) / "attack" if Path(args.model).is_dir() else Path("attack"))
-    json_path = Path(args.json) if args.json else out_dir / "robrank.json"
+    json_path = Path(args.json) if args.json else _results_dir(args, "attack") / f"{args.dataset}-robrank-{profile}.json"
     write_json(json_path, result)
     print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f} (best of "
           f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
@@ -143,6 +156,13 @@ def _cmd_attack_ranking(args) -> int:
         print(line)
     print(f"wrote {json_path}")
     return 0
+
+
+def _results_dir(args, kind: str) -> Path:
+    """--out, else MODEL/attack (or certify) for a model directory, else ./attack."""
+    if args.out:
+        return Path(args.out)
+    return Path(args.model) / kind if Path(args.model).is_dir() else Path(kind)
 
 
 def _attack_plots(found, out_dir: Path) -> list[Path]:
@@ -159,19 +179,36 @@ def _attack_plots(found, out_dir: Path) -> list[Path]:
 
 
 def _attack_summary(found) -> str:
-    """The metrics table (clean, every attack at every eps, the worst case) and the checks' states."""
+    """The metrics table (clean, every attack at every eps, the worst case with the attack that gave
+    it) under the budget's norm; an upper-bound mark on every worst figure a failed check touches;
+    the checks' states, with the amount and the remedy of each failure."""
+    from ..attacks import format_budget
+    from ..evaluation.checks import UPPER_BOUND, failure_note, upper_bounds
+    from ..evaluation.robust import eps_key
     from ..reporting import metrics_table
+    from ..reporting.settings import describe_suite
 
+    norm = found.settings.get("norm", "linf")
+    bounds = upper_bounds(found.checks)
     rows = {"clean": found.clean}
     for k in found.worst:
+        budget = format_budget(float(k), norm)
         for name, per_eps in found.attacks.items():
             if k in per_eps:
-                rows[f"{name} @{k}"] = per_eps[k]
-        rows[f"WORST @{k}"] = found.worst[k]
-    lines = [metrics_table(rows), ""]
+                rows[f"{name} @ {budget}"] = per_eps[k]
+        marked = k == eps_key(found.main_eps)  # the checks rerun the attacks at the main eps
+        rows[f"WORST @ {budget}"] = {m: f"{v:.4f}{UPPER_BOUND if marked and m in bounds else ''}"
+                                     for m, v in found.worst[k].items()}
+        rows[f"  worst by @ {budget}"] = found.worst_attack[k]
+    lines = [describe_suite(found.settings, len(found.labels)), metrics_table(rows), ""]
     for name, check in found.checks.items():
         state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
-        lines.append(f"check {name:24s} {state}" + (f"  ({check['note']})" if "note" in check else ""))
+        detail = failure_note(name, check) if check["passed"] is False else check.get("note", "")
+        lines.append(f"check {name:28s} {state}" + (f"  ({detail})" if detail else ""))
+    if bounds:
+        lines.append(f"{UPPER_BOUND} upper bound: a check failed on this figure ("
+                     + "; ".join(f"{m}: {', '.join(c)}" for m, c in bounds.items() if m in found.worst[eps_key(found.main_eps)])
+                     + ")")
     return "\n".join(lines)
 
 
@@ -188,13 +225,15 @@ def _cmd_benchmark(args) -> int:
     if args.only:
         cfg.restrict(args.only)
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
-    statuses = Benchmark(cfg, out, progress=not args.quiet).run()
+    statuses = Benchmark(cfg, out, progress=not args.quiet, reuse_stale=args.reuse_stale).run()
     md, html_path = build_report(out)
     print(print_tables(out))
     failed = [n for n, s in statuses.items() if s == "failed"]
-    print(f"\n{len(statuses)} cells: {sum(s == 'ok' for s in statuses.values())} run, "
-          f"{sum(s == 'skipped' for s in statuses.values())} finished earlier, {len(failed)} failed"
-          + (f" ({', '.join(failed)})" if failed else ""))
+    count = {k: sum(s == k for s in statuses.values()) for k in ("ok", "updated", "skipped", "stale")}
+    print(f"\n{len(statuses)} cells: {count['ok']} trained and evaluated, {count['updated']} re-evaluated (training "
+          f"reused), {count['skipped']} up to date, "
+          + (f"{count['stale']} kept stale (--reuse-stale), " if count["stale"] else "")
+          + f"{len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
     print(f"report: {html_path} (and {md})")
     return 1 if failed else 0
 
@@ -269,8 +308,9 @@ def _add_attack(sub) -> None:
                    help="robrank: attack profile (default rob28 for images up to 32 px, else rob224)")
     p.add_argument("--queries", type=int,
                    help="robrank: attack a seeded sample of this many test queries (default: all)")
-    p.add_argument("--eps", type=float, nargs="+",
-                   help="budgets in [0,1] pixel units (default: the suite's, around the dataset's eps)")
+    p.add_argument("--eps", nargs="+",
+                   help="budgets in [0,1] pixel units, as decimals or fractions: 0.1, 8/255 (default: the suite's, "
+                        "around the dataset's eps; required with a --norm other than the dataset's)")
     p.add_argument("--attack", nargs="+",
                    help=f"run these attacks instead of the suite: all, or names ({', '.join(ATTACKS)}); "
                         "with --suite robrank, a subset of its attacks")
@@ -280,8 +320,9 @@ def _add_attack(sub) -> None:
     p.add_argument("--restarts", type=int, help="random restarts, worst kept (with --attack; default 1)")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the dataset's, L∞)")
     p.add_argument("--surrogate", help="saved model for the transfer attack (without it, transfer is skipped)")
-    p.add_argument("--out", help="folder for plots (default: MODEL/attack)")
-    p.add_argument("--json", help="results file (default: OUT/attack.json)")
+    p.add_argument("--out", help="results folder (default: MODEL/attack)")
+    p.add_argument("--json", help="results file (default: OUT/DATASET-SUITE.json, e.g. attack/digits-strong.json, "
+                                  "plots in OUT/DATASET-SUITE/; robrank: OUT/DATASET-robrank-PROFILE.json)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_attack)
 
@@ -302,7 +343,7 @@ def _add_certify(sub) -> None:
     p.add_argument("--delta", type=float, default=0.05, help="mass beyond 1/2 the center's ball must hold (default 0.05)")
     p.add_argument("--queries", type=int, help="certify a seeded sample of this many test images (default: all)")
     p.add_argument("--out", help="folder for the plot (default: MODEL/certify)")
-    p.add_argument("--json", help="results file (default: OUT/certify-sigmaS.json)")
+    p.add_argument("--json", help="results file (default: OUT/DATASET-sigmaS.json, the plot beside it)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_certify)
 
@@ -318,6 +359,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="run only the cells with this grid value (repeatable; values of one key are alternatives), "
                         "e.g. --only method=eat --only seed=0; several such processes can share one --out")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="keep the results of cells whose settings changed instead of re-running them "
+                        "(the report marks them stale)")
     p.set_defaults(func=_cmd_benchmark)
 
 
@@ -343,6 +387,8 @@ def _add_model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run directory (its best model) or saved model directory")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", help="dataset folder (not needed for digits)")
+    p.add_argument("--dataset-mismatch-ok", action="store_true",
+                   help="evaluate a model on a dataset (or an input size) other than the one it was trained on")
 
 
 def _load_for_evaluation(args):
@@ -357,6 +403,21 @@ def _load_for_evaluation(args):
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else default_workers(device)
     return load_model(args.model, device=device), device, workers
+
+
+def _check_data(args, query) -> None:
+    """Refuse to evaluate a model on data it was not trained on (another dataset, another input
+    shape) unless ``--dataset-mismatch-ok`` says it is meant: a digits model attacked on
+    Fashion-MNIST gives numbers, not answers."""
+    from ..models import model_info
+    trained = model_info(args.model).get("trained_on")
+    if not trained or args.dataset_mismatch_ok:
+        return
+    shape = list(query[0][0].shape)
+    if trained["dataset"] != args.dataset or trained["input_shape"] != shape:
+        raise RobustDMLError(
+            f"{args.model} was trained on {trained['dataset']} ({'x'.join(map(str, trained['input_shape']))} images), "
+            f"not on {args.dataset} ({'x'.join(map(str, shape))}); pass --dataset-mismatch-ok if that is meant")
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

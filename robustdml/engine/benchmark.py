@@ -1,13 +1,21 @@
 """The benchmark grid: cells of (dataset, backbone, method, seed), each trained and then evaluated
-with the full attack suite. Every finished cell's results are written at once; a rerun skips them,
-resumes a cell whose training was interrupted, and a failing cell is recorded while the grid goes on.
+with the full attack suite. Every finished cell's results are written at once; a failing cell is
+recorded while the grid goes on.
+
+Every cell records, for each of its parts (training, attack suite, RobRank's ranking attacks,
+certificates), the full resolved settings that produced it and their hash. A rerun compares them
+with the config's: an unchanged cell is skipped, a cell whose training was interrupted resumes, a
+changed attack suite (or ranking, or certify) section re-runs just that part on the trained model, a
+changed training config retrains the cell (the earlier run is kept in ``previous-run/``) and
+evaluates it again. ``reuse_stale`` keeps changed parts deliberately; the report marks them stale.
 
 Layout::
 
     OUT/benchmark.yaml                  the resolved benchmark config
     OUT/surrogates/DATASET-BACKBONE/    standard models (seed 100) used by the transfer attack
     OUT/cells/DATASET-BACKBONE-METHOD-sSEED/run/          the training run
-    OUT/cells/DATASET-BACKBONE-METHOD-sSEED/result.json   status, config, clean/attack/worst/checks
+    OUT/cells/DATASET-BACKBONE-METHOD-sSEED/result.json   status, parts (settings + hash), versions,
+                                                          clean/attack/worst/checks, robrank, certify
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import logging
-import platform
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -33,10 +42,11 @@ from ..errors import ConfigError, RobustDMLError
 from ..evaluation.ranking import evaluate_ranking, query_subset
 from ..evaluation.robust import AttackSuite, RobustResult, eps_key, evaluate_robustness
 from ..files import write_json, write_text
-from ..models import load_model
+from ..models import load_model, model_info
 from .config import TrainConfig, config_from_dict, read_yaml
 from .devices import resolve_device
-from .trainer import Trainer
+from .provenance import settings_hash, software_versions
+from .trainer import TRAINING_REVISION, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -150,25 +160,36 @@ def cell_name(cell: dict) -> str:
     return f"{cell['dataset']}-{cell['backbone']}-{cell['method']}-s{cell['seed']}"
 
 
-def software_versions() -> dict:
-    import faiss
-    import pytorch_metric_learning
-    import sklearn
-    import torchvision
+# The parts of a cell, in the order they run, and the keys of the cell's result each one writes.
+PARTS = ("train", "attack", "ranking", "certify")
+PART_KEYS = {
+    "train": ("config", "seconds_per_epoch"),
+    "attack": ("clean", "attacks", "worst", "worst_attack", "settings", "checks", "convergence", "main_eps_key",
+               "tsne", "test_images"),
+    "ranking": ("robrank",),
+    "certify": ("certify",),
+}
 
-    from .. import __version__
-    return {"robustdml": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "pytorch-metric-learning": pytorch_metric_learning.__version__,
-            "faiss": faiss.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine() + " CPU"}
+
+@dataclass
+class CellPlan:
+    """What a cell's rerun does: the settings of each part it should hold, the parts to run
+    (a changed training reruns everything after it) and the parts kept although stale."""
+
+    parts: dict[str, dict]
+    run: list[str]
+    stale: dict[str, list[str]] = field(default_factory=dict)  # part -> what changed
+    previous: dict | None = None
 
 
 class Benchmark:
-    def __init__(self, cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
+    def __init__(self, cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = True, reuse_stale: bool = False):
+        self.cfg, self.out, self.progress, self.reuse_stale = cfg, Path(out_dir), progress, reuse_stale
 
     def run(self) -> dict[str, str]:
-        """Run every unfinished cell; returns cell name -> status ("ok", "skipped", "failed")."""
+        """Run every cell whose results are missing or were made with other settings; returns cell
+        name -> status: "ok" (run from training on), "updated" (some evaluation parts re-run, the
+        training reused), "skipped" (up to date), "stale" (kept with ``reuse_stale``), "failed"."""
         self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "benchmark.yaml", yaml.safe_dump(_plain(self.cfg.__dict__), sort_keys=False))
         statuses = {}
@@ -176,16 +197,20 @@ class Benchmark:
         for i, cell in enumerate(cells, 1):
             name = cell_name(cell)
             result_path = self.out / "cells" / name / "result.json"
-            if _finished(result_path):
-                statuses[name] = "skipped"
-                log.info("[%d/%d] %s: finished earlier, skipped", i, len(cells), name)
-                continue
-            log.info("[%d/%d] %s", i, len(cells), name)
             start = time.time()
             try:
-                result = self.run_cell(cell)
+                plan = self.plan(cell, _read_ok(result_path))
+                if not plan.run:
+                    statuses[name] = "stale" if plan.stale else "skipped"
+                    log.info("[%d/%d] %s: %s", i, len(cells), name, "kept with stale " + ", ".join(plan.stale)
+                             if plan.stale else "up to date, skipped")
+                    if plan.stale:
+                        write_json(result_path, {**plan.previous, "stale": plan.stale})
+                    continue
+                log.info("[%d/%d] %s: %s", i, len(cells), name, _plan_line(plan))
+                result = self.run_cell(cell, plan)
                 result.update(status="ok", seconds=round(time.time() - start, 1))
-                statuses[name] = "ok"
+                statuses[name] = "ok" if "train" in plan.run or plan.previous is None else "updated"
             except (RobustDMLError, RuntimeError, ValueError, OSError) as e:
                 log.error("%s failed: %s", name, e)
                 result = {"cell": cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
@@ -194,28 +219,113 @@ class Benchmark:
             write_json(result_path, result)
         return statuses
 
+    # --- settings of each part ---------------------------------------------------------------------
+    def part_settings(self, cell: dict) -> dict[str, dict]:
+        """part -> {"hash", "settings"}: the full resolved settings each part of the cell runs with. A
+        part's hash covers the training's too, so that a retrained model invalidates its evaluations."""
+        cfg = self.cfg.train_config(cell)
+        train = {**cfg.to_dict(), "training_revision": TRAINING_REVISION}
+        train_hash = settings_hash(train)
+        query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        data = {"dataset": cfg.dataset, "root": cfg.root, "image_size": cfg.image_size, "test_images": len(query),
+                "gallery_images": len(gallery) if gallery is not None else 0}
+        surrogate = (settings_hash({**self.surrogate_config(cell).to_dict(), "training_revision": TRAINING_REVISION})
+                     if self.cfg.surrogate else None)
+        parts = {"train": train,
+                 "attack": {"suite": self.cfg.suite(cfg).to_dict(), "attack_queries": self.cfg.attack_queries,
+                            "surrogate": surrogate, "kmeans_seed": cfg.seed, "kmeans_restarts": cfg.kmeans_restarts,
+                            **data}}
+        if self.cfg.ranking:
+            parts["ranking"] = {"ranking": _plain(self.cfg.ranking), "seed": cfg.seed,
+                                "kmeans_restarts": cfg.kmeans_restarts, **data}
+        if self.cfg.certify:
+            parts["certify"] = {"certify": _plain(self.cfg.certify), "seed": cfg.seed, **data}
+        return {name: {"hash": train_hash if name == "train" else settings_hash({**settings, "model": train_hash}),
+                       "settings": settings} for name, settings in parts.items()}
+
+    def plan(self, cell: dict, previous: dict | None) -> CellPlan:
+        parts = self.part_settings(cell)
+        if previous is None:
+            return CellPlan(parts, list(parts))
+        held = _held_parts(previous)
+        changed = {name: _differences(held.get(name, {}).get("settings"), part["settings"])
+                   for name, part in parts.items() if held.get(name, {}).get("hash") != part["hash"]}
+        if not changed:
+            return CellPlan(parts, [], previous=previous)
+        if self.reuse_stale:
+            return CellPlan(parts, [], stale=changed, previous=previous)
+        run = list(parts) if "train" in changed else [p for p in parts if p in changed]
+        return CellPlan(parts, run, stale=changed, previous=previous)
+
+    def surrogate_config(self, cell: dict) -> TrainConfig:
+        cfg = self.cfg.train_config({**cell, "method": "standard", "seed": SURROGATE_SEED})
+        cfg.robust_eval = False
+        return cfg
+
     def surrogate(self, cell: dict) -> Path | None:
         if not self.cfg.surrogate:
             return None
         run = self.out / "surrogates" / f"{cell['dataset']}-{cell['backbone']}"
         run.mkdir(parents=True, exist_ok=True)
         with _locked(run / ".lock"):  # processes sharing one --out (--only) train it once
+            cfg = self.surrogate_config(cell)
+            if _config_changed(run, cfg):
+                log.info("the surrogate of %s was trained with other settings: training it again", run.name)
+                _set_aside(run, keep={".lock"})
             if not (run / "metrics.json").is_file():
-                cfg = self.cfg.train_config({**cell, "method": "standard", "seed": SURROGATE_SEED})
-                cfg.robust_eval = False
                 Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress).fit()
         return run
 
-    def run_cell(self, cell: dict) -> dict:
+    # --- running ---------------------------------------------------------------------------------
+    def run_cell(self, cell: dict, plan: CellPlan) -> dict:
         cfg = self.cfg.train_config(cell)
         run = self.out / "cells" / cell_name(cell) / "run"
-        trainer = Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress)
-        trainer.fit()
-        epoch_seconds = [row["train_seconds"] for row in trainer.history if "train_seconds" in row]
+        result = {k: v for k, v in (plan.previous or {}).items() if k not in ("status", "error", "traceback", "stale")}
+        for part in plan.run:  # what is re-run is replaced, what was removed from the config goes
+            for key in PART_KEYS[part]:
+                result.pop(key, None)
+        for part in set(_held_parts(result)) - set(plan.parts):
+            for key in PART_KEYS[part]:
+                result.pop(key, None)
+        seconds = {}
+        started = time.time()
+        if "train" in plan.run:
+            if plan.previous is not None or _config_changed(run, cfg):
+                _set_aside(run)  # the model of other settings: kept in previous-run/, never resumed
+            trainer = Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress)
+            trainer.fit()
+            epoch_seconds = [row["train_seconds"] for row in trainer.history if "train_seconds" in row]
+            result["config"] = cfg.to_dict()
+            if epoch_seconds:
+                result["seconds_per_epoch"] = round(float(np.mean(epoch_seconds)), 1)
+        else:
+            log.info("%s: training reused (0 s)", cell_name(cell))
+        seconds["train"] = round(time.time() - started, 1)
 
         device = resolve_device(cfg.device)
-        surrogate_run = self.surrogate(cell)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        if "attack" in plan.run:
+            started = time.time()
+            result.update(self.attacked(cell, cfg, run, query, gallery, device))
+            seconds["attack"] = round(time.time() - started, 1)
+        if "ranking" in plan.run:
+            started = time.time()
+            ranking = evaluate_ranking(load_model(run, device=device), query, gallery, seed=cfg.seed, device=device,
+                                       kmeans_restarts=cfg.kmeans_restarts, progress=self.progress, **self.cfg.ranking)
+            result["robrank"] = ranking.to_dict()
+            seconds["ranking"] = round(time.time() - started, 1)
+        if "certify" in plan.run:
+            started = time.time()
+            result["certify"] = self.certified(run, query, gallery, cfg, device)
+            seconds["certify"] = round(time.time() - started, 1)
+        result.update(cell=cell, parts=plan.parts, versions=software_versions(), part_seconds=seconds,
+                      reused=[p for p in plan.parts if p not in plan.run],
+                      provenance={"dataset": cfg.dataset, "root": cfg.root, "test_images": len(query)})
+        return result
+
+    def attacked(self, cell: dict, cfg: TrainConfig, run: Path, query, gallery, device) -> dict:
+        """The attack part: the suite on the cell's model (and the t-SNE of its worst attack)."""
+        surrogate_run = self.surrogate(cell)
         attacked = query
         if self.cfg.attack_queries is not None:
             attacked = Subset(query, query_subset(len(query), self.cfg.attack_queries, cfg.seed).tolist())
@@ -224,18 +334,9 @@ class Benchmark:
             ks=dataset_spec(cfg.dataset).recall_ks, device=device, kmeans_seed=cfg.seed,
             surrogate=load_model(surrogate_run, device) if surrogate_run else None,
             kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
-        result = found.to_dict()
-        result.update(cell=cell, config=cfg.to_dict(), versions=software_versions(), main_eps_key=eps_key(found.main_eps))
-        if epoch_seconds:
-            result["seconds_per_epoch"] = round(float(np.mean(epoch_seconds)), 1)
+        result = {**found.to_dict(), "main_eps_key": eps_key(found.main_eps), "test_images": len(attacked)}
         if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
             result["tsne"] = tsne_points(found, seed=cfg.seed)
-        if self.cfg.ranking:
-            ranking = evaluate_ranking(load_model(run, device=device), query, gallery, seed=cfg.seed, device=device,
-                                       kmeans_restarts=cfg.kmeans_restarts, progress=self.progress, **self.cfg.ranking)
-            result["robrank"] = ranking.to_dict()
-        if self.cfg.certify:
-            result["certify"] = self.certified(run, query, gallery, cfg, device)
         return result
 
     def certified(self, run: Path, query, gallery, cfg: TrainConfig, device) -> dict:
@@ -251,6 +352,75 @@ class Benchmark:
         for key in ("per_image", "centroids"):
             summary.pop(key)
         return summary
+
+
+def _held_parts(result: dict) -> dict[str, dict]:
+    """The parts a cell's result holds: its ``parts`` record, or for a cell written before parts
+    were recorded, the training config it stored (its evaluations have no record and count as changed)."""
+    if "parts" in result:
+        return result["parts"]
+    return {"train": {"hash": settings_hash(result["config"]), "settings": result["config"]}} if "config" in result else {}
+
+
+def _differences(old: dict | None, new: dict, limit: int = 4) -> list[str]:
+    """The settings that differ, as ``key: old -> new`` lines (at most ``limit``, then a count)."""
+    if old is None:
+        return ["no settings recorded (made by an earlier robustdml)"]
+    a, b = _flatten(old), _flatten(new)
+    lines = [f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return lines[:limit] + ([f"{len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, default=str)
+    return out
+
+
+def _plan_line(plan: CellPlan) -> str:
+    if plan.previous is None:
+        return "training and evaluating"
+    what = "; ".join(f"{part} settings changed ({', '.join(lines)})" for part, lines in plan.stale.items())
+    if "train" in plan.run:
+        return f"{what}: retraining and evaluating again"
+    return f"{what}: re-running {', '.join(plan.run)}, training reused"
+
+
+def _config_changed(run: Path, cfg: TrainConfig) -> bool:
+    """Whether ``run`` holds a training made with settings other than ``cfg``'s (or by an earlier
+    training revision: robust validation then still wrote test statistics into the model)."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return any((run / n).exists() for n in ("checkpoint.pt", "metrics.json"))
+    try:
+        held = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return True
+    if not isinstance(held, dict):
+        return True
+    if settings_hash(held) != settings_hash(cfg.to_dict()):
+        return True
+    last = run / "last"
+    return last.is_dir() and model_info(last).get("training_revision") != TRAINING_REVISION
+
+
+def _set_aside(run: Path, keep: set[str] = frozenset()) -> None:
+    """Move what ``run`` holds into ``run/../previous-NAME/`` (replacing an older one there), so
+    that nothing a rerun supersedes is deleted outright but the one before it."""
+    if not run.exists():
+        return
+    aside = run.parent / f"previous-{run.name}"
+    if aside.exists():
+        shutil.rmtree(aside)
+    aside.mkdir(parents=True)
+    for item in run.iterdir():
+        if item.name not in keep:
+            shutil.move(str(item), aside / item.name)
+    log.info("moved the earlier contents of %s to %s", run, aside)
 
 
 def tsne_points(found: RobustResult, n: int = 400, seed: int = 0) -> dict:
@@ -279,12 +449,13 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _finished(path: Path) -> bool:
-    import json
+def _read_ok(path: Path) -> dict | None:
+    """A cell's result if it finished ("ok"), else None."""
     try:
-        return json.loads(path.read_text()).get("status") == "ok"
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
+    return result if isinstance(result, dict) and result.get("status") == "ok" else None
 
 
 def _plain(x):

@@ -158,7 +158,8 @@ class TrainConfig:
             (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (not self.select_metric.startswith("robust_") or self.robust_eval,
              "a robust_ select_metric needs robust_eval: true"),
-            (self.robust_eval_eps is None or self.robust_eval_eps >= 0, f"robust_eval_eps must be >= 0, got {self.robust_eval_eps}"),
+            (self.robust_eval_eps is None or 0 <= self.robust_eval_eps <= 1,
+             f"robust_eval_eps must be in [0, 1] (an L∞ budget for [0, 1] images; 8/255, not 8), got {self.robust_eval_eps}"),
             (self.robust_eval_steps >= 1, f"robust_eval_steps must be at least 1, got {self.robust_eval_steps}"),
             (self.robust_eval_size >= 2, f"robust_eval_size must be at least 2, got {self.robust_eval_size}"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -201,6 +202,9 @@ def config_from_dict(data: dict, cls=TrainConfig):
             close = difflib.get_close_matches(str(key), known, n=1)
             raise ConfigError(f"unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else
                                                               f"; known keys: {', '.join(known)}"))
+        if (key == "eps" or key.endswith("_eps")) and isinstance(value, str):
+            from ..attacks import parse_eps
+            value = parse_eps(value, key)  # 8/255
         if not _type_ok(value, hints[key]):
             raise ConfigError(f"config key '{key}' expects {_type_name(hints[key])}, got {value!r}")
         if hints[key] is float and isinstance(value, int):

@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 SYNC_EVERY = 20
 
 
+# Bumped when a code change alters what the same config trains, so that a benchmark retrains cells
+# made before it. 2: robust validation no longer writes test statistics into the model.
+TRAINING_REVISION = 2
+
+# What a run directory holds once a run has written into it: a new run there is refused (--resume continues it).
+RUN_OUTPUTS = ("checkpoint.pt", "best", "last", "metrics.json", "attack", "certify")
+
+
 class TrainingDiverged(RobustDMLError):
     """The loss became NaN or infinite."""
 
@@ -93,8 +101,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
         self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
         self.checkpoint_path = self.out / "checkpoint.pt"
-        if self.checkpoint_path.exists() and not resume:
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if not resume and (held := [n for n in RUN_OUTPUTS if (self.out / n).exists()]):
+            # a fresh model must not land beside another model's results (attack/, certify/, ...)
+            raise ConfigError(f"{self.out} already holds a run ({', '.join(held)}); pass --resume to continue it "
+                              f"or choose another --out")
         if resume and not self.checkpoint_path.exists():
             raise ConfigError(f"nothing to resume: {self.checkpoint_path} does not exist")
         self._init_process()
@@ -165,6 +175,14 @@ class Trainer:
         groups += self.method.param_groups(cfg.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
+
+    def trained_on(self) -> dict:
+        """What the saved models record of their data, so that evaluating them on other data is a
+        deliberate choice (``--dataset-mismatch-ok``)."""
+        return {"dataset": self.cfg.dataset, "input_shape": list(self.train_set[0][0].shape)}
+
+    def _model_extra(self, epoch: int, **more) -> dict:
+        return {"epoch": epoch + 1, **more, "trained_on": self.trained_on(), "training_revision": TRAINING_REVISION}
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """Every parameter the optimiser updates (model, loss, method)."""
@@ -328,7 +346,7 @@ class Trainer:
         score = float(epoch) if cfg.select_metric == "last" else metrics[cfg.select_metric]
         if score > self.best["metric"]:
             self.best = {"metric": score, "epoch": epoch + 1, "metrics": metrics}
-            save_model(self.model, self.out / "best", extra={"epoch": epoch + 1, "metrics": metrics})
+            save_model(self.model, self.out / "best", extra=self._model_extra(epoch, metrics=metrics))
         return metrics
 
     def _record(self, epoch: int, row: dict, rngs: list[dict], writer) -> None:
@@ -336,7 +354,7 @@ class Trainer:
             if key != "epoch":
                 writer.add_scalar(key, value, epoch + 1)
         self.history.append(row)
-        save_model(self.model, self.out / "last", extra={"epoch": epoch + 1})
+        save_model(self.model, self.out / "last", extra=self._model_extra(epoch))
         save_checkpoint(self.checkpoint_path, self._state(epoch + 1, rngs))
         self._write_log()
         log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs,

@@ -278,6 +278,14 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
         seconds_per_image=elapsed / len(z), centroids=centroids.tolist(), embeddings=z, gallery=(gz, gl, self_index))
 
 
+#: why a smoothed R@1 near 1 can stand beside a certified R@1 near 0 (printed by the CLI and the report)
+SMOOTHED_VS_CERTIFIED = (
+    "smoothed R@1 is the Recall@1 of the smoothed embeddings of clean images, with no adversary; certified R@1 at "
+    "radius r counts an image only where its correct answer provably survives every perturbation within r, i.e. "
+    "where the smoothed embedding's output ball R(r) fits inside the answer's margin. At r = 0 that ball is the "
+    "smoothing's own spread, so certified R@1 can be far below smoothed R@1")
+
+
 def eot_attack(model: nn.Module, x: torch.Tensor, objective, eps: float, sigma: float, steps: int = 20,
                draws: int = 32, seed: int = 0) -> torch.Tensor:
     """L2 PGD with expectation over the smoothing noise (EOT): maximises the mean of

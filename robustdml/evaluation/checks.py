@@ -7,7 +7,7 @@ Each returns ``{"passed": True | False | None, ...details}``; ``None`` means the
 
 from __future__ import annotations
 
-from .metrics import metric_info, metric_names, worse
+from .metrics import METRICS, metric_info, metric_names, worse
 
 TOLERANCE = 0.02  # how far a worst-case metric may move the "wrong" way before a check fails
 #: the robrank suite's ES: how much stronger ES from the other start may be (points of ES:R, ES:D)
@@ -124,3 +124,99 @@ def es_start_check(reported: dict[str, float], other: dict[str, float], other_st
             "rule": "ES from the opposite first-step direction is not stronger than the reported ES "
                     "(ES:R not lower, ES:D not larger, beyond the tolerance); else the reported ES "
                     "figures overstate robustness"}
+
+
+# --- what a failed check means for the figures ------------------------------------------------------
+
+UPPER_BOUND = "†"  # the mark of a robust figure whose honest-evaluation check failed
+
+#: what each check asks, in a sentence (the reports carry these instead of a link)
+CHECK_MEANING = {
+    "beats_noise": "every white-box attack does more damage than uniform noise of the same budget on the metric it "
+                   "is built to lower (NMI for clustering attacks, R@1 for retrieval ones); else the attack fails on "
+                   "this model",
+    "monotone_in_eps": f"the worst case gets no better for the defender as the budget grows (tolerance {TOLERANCE}); "
+                       "else the attacks at the larger budgets are too weak",
+    "more_steps": f"the strongest attacks rerun with doubled iterations give no better worst case for the defender "
+                  f"(tolerance {TOLERANCE})",
+    "converged": f"the strongest attacks rerun with doubled iterations lower no worst-case figure by more than "
+                 f"{TOLERANCE}; else they had not converged and the figures are too optimistic",
+    "more_restarts": f"the strongest attacks rerun with one more random restart give no better worst case for the "
+                     f"defender (tolerance {TOLERANCE})",
+    **NOT_STRONGER_RULES,
+    "es_start": "RobRank's ES rerun from the opposite first-step direction is not stronger than the reported ES "
+                f"(by more than {ES_START_TOLERANCE['ES:R']:g} points of ES:R or {ES_START_TOLERANCE['ES:D']:g} of ES:D)",
+}
+
+
+def _over(values: dict, tolerance: float) -> dict:
+    """The entries of ``values`` beyond ``tolerance`` (with the rounding allowance of :func:`_within`)."""
+    return {k: v for k, v in values.items() if not _within(v, tolerance)}
+
+
+def _moved(change: dict) -> dict:
+    """A rerun's change of each worst-case metric, positive toward the defender."""
+    return {m: v if metric_info(m).higher_is_better else -v for m, v in change.items()}
+
+
+def failed_metrics(name: str, check: dict) -> list[str] | None:
+    """The metrics whose robust figures a failed check turns into upper bounds (``None``: all of them;
+    ``[]``: the check passed or did not run)."""
+    if check.get("passed") is not False:
+        return []
+    tol = check.get("tolerance", TOLERANCE)
+    if name == "converged":
+        return sorted(_over(check["gain"], tol))
+    if name in ("more_steps", "more_restarts"):
+        return sorted(_over(_moved(check["change"]), tol))
+    if name == "monotone_in_eps":
+        return sorted(_over(check["max_rise"], tol))
+    if "gap" in check and name != "es_start":
+        return sorted({m for per_eps in check["gap"].values() for m in _over(per_eps, tol)})
+    return None
+
+
+def failure_note(name: str, check: dict) -> str:
+    """One line: what the failed check found, by how much, and what to do about it."""
+    tol = check.get("tolerance", TOLERANCE)
+    bound = "the figures are upper bounds"
+    if name == "converged":
+        gains = ", ".join(f"{m} by {g:.4f}" for m, g in _over(check["gain"], tol).items())
+        steps = check.get("steps")
+        rerun = ", ".join(check.get("rerun", [])) or "the strongest attacks"
+        return (f"doubling the iterations{f' (to {steps})' if steps else ''} lowered the worst {gains} > {tol:g}: "
+                f"{bound}; rerun {rerun} with more iterations" + (f" (--steps {steps} or more)" if steps else ""))
+    if name in ("more_steps", "more_restarts"):
+        what = "doubled iterations" if name == "more_steps" else "one more restart"
+        rises = ", ".join(f"{m} by {v:.4f}" for m, v in _over(_moved(check["change"]), tol).items())
+        return (f"{what} raised the worst {rises} > {tol:g} (the attacks are unstable between runs): {bound}; "
+                f"rerun {', '.join(check.get('rerun', [])) or 'the strongest attacks'} with more restarts (--restarts 3)")
+    if name == "monotone_in_eps":
+        rises = ", ".join(f"{m} by {v:.4f}" for m, v in _over(check["max_rise"], tol).items())
+        return (f"the worst {rises} > {tol:g} rose with a larger eps: the attacks at the larger budget are too weak; "
+                f"{bound}; rerun with more iterations or restarts")
+    if name == "beats_noise":
+        return (f"{', '.join(check['failures'])} did no more damage than uniform noise of the same budget: the attack "
+                f"fails on this model (broken or masked gradients); {bound}; try --attack-option NAME.optimizer=square")
+    if name == "es_start":
+        gaps = ", ".join(f"{c} by {v:.3g}" for c, v in check["gap"].items() if not _within(v, check["tolerance"][c]))
+        return (f"ES from the {check['other_start']} start is stronger ({gaps}): the reported ES columns and the ERS "
+                f"overstate robustness; the worse start is the honest figure")
+    if "gap" in check:
+        worst = max((v, m, k) for k, per_eps in check["gap"].items() for m, v in per_eps.items())
+        return (f"{', '.join(check.get('compared', []))} beat the white-box attacks by {worst[0]:.4f} on {worst[1]} at "
+                f"eps {worst[2]} (> {tol:g}): the white-box gradients are masked; {bound}")
+    return f"failed: {check.get('rule', '')}"
+
+
+def upper_bounds(checks: dict) -> dict[str, list[str]]:
+    """metric -> the failed checks that make its robust figure an upper bound (every metric of
+    ``metrics`` for a check that does not single any out)."""
+    marks: dict[str, list[str]] = {}
+    for name, check in checks.items():
+        metrics = failed_metrics(name, check)
+        for m in (list(METRICS) if metrics is None else metrics):
+            marks.setdefault(m, [])
+            if name not in marks[m]:
+                marks[m].append(name)
+    return marks

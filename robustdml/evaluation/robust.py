@@ -299,7 +299,7 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
         keys = [eps_key(e) for e in eps_values]
         worst, worst_attack = worst_case(results, keys)
         settings = {**suite.to_dict(), "norm": suite.norm or threat.norm.value, "eps": eps_values, "main_eps": main_eps,
-                    "attacks": list(results)}
+                    "attacks": list(results), "optimizers": {a: s.optimizer for a, s in run.specs.items() if a in results}}
         found, convergence = {}, {}
         if suite.checks if checks is None else checks:
             found, convergence = run_checks(run, results, worst, keys, main_eps, at_main, strongest)

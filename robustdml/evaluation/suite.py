@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field
 
-from ..attacks import ATTACKS, Attack, ThreatModel, create_attack
+from ..attacks import ATTACKS, Attack, Norm, ThreatModel, check_eps, create_attack, format_budget, parse_eps
 from ..attacks.optim import Optimizer
 from ..errors import ConfigError
 from ..registry import check_options
@@ -115,6 +115,8 @@ class AttackSuite:
     checks: bool = True
 
     def __post_init__(self):
+        if self.eps is not None:  # 0.1, "0.1" or "8/255", one-line errors otherwise
+            self.eps = [parse_eps(e) for e in (self.eps if isinstance(self.eps, (list, tuple)) else [self.eps])]
         if isinstance(self.attacks, str) and self.attacks in NAMED:
             name, named = self.attacks, NAMED[self.attacks]
             for key, value in {**named, "attack_kwargs": {}}.items():
@@ -136,6 +138,10 @@ class AttackSuite:
         for values, what in ((self.eps, "eps"), (self.eps_scale, "eps_scale")):
             if values is not None and (not values or any(not e >= 0 for e in values)):
                 raise ConfigError(f"{what} values must be >= 0 (at least one), got {values}")
+        if self.norm is not None and self.norm not in {n.value for n in Norm}:
+            raise ConfigError(f"norm must be one of {', '.join(n.value for n in Norm)}, not {self.norm!r}")
+        for e in self.eps or []:
+            check_eps(e, self.norm or Norm.LINF)
         for key, value in (("steps", self.steps), ("restarts", self.restarts), ("batch_size", self.batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
@@ -157,9 +163,8 @@ class AttackSuite:
         if unknown:
             raise ConfigError(f"attack section: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         merged = {**defaults, **data}
-        for key in ("eps", "eps_scale"):
-            if merged.get(key) is not None:
-                merged[key] = [float(e) for e in merged[key]]
+        if merged.get("eps_scale") is not None:
+            merged["eps_scale"] = [float(e) for e in merged["eps_scale"]]
         return cls(**merged)
 
     def specs(self) -> list[AttackSpec]:
@@ -181,6 +186,10 @@ class AttackSuite:
         return specs
 
     def eps_values(self, threat: ThreatModel) -> list[float]:
+        if self.eps is None and self.norm is not None and Norm(self.norm) is not threat.norm:
+            raise ConfigError(f"norm {self.norm} with no eps of its own would reuse the dataset's "
+                              f"{format_budget(threat.eps, threat.norm)} budget: give {Norm(self.norm).symbol} "
+                              f"budgets with eps (e.g. --eps 0.5 1.0)")
         if self.eps is not None:
             return sorted(set(self.eps))
         # 6 significant digits, as eps keys are written: 1.0 x eps is the threat model's eps exactly

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel
+from ..attacks import AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, check_eps, parse_eps
 from ..errors import ConfigError
 from .base import TrainingMethod, TrainingSetup, register_method
 
@@ -27,12 +27,12 @@ class TrainingAttack:
                  objective: str = "displacement", norm: str | None = None):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
-        if eps is not None and (not isinstance(eps, (int, float)) or not eps >= 0):
-            raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
         if norm is not None and norm not in {n.value for n in Norm}:
             raise ConfigError(f"norm must be one of {', '.join(n.value for n in Norm)}, not {norm!r}")
+        eps = None if eps is None else check_eps(parse_eps(eps), norm or Norm.LINF)
+        step_size = None if step_size is None else parse_eps(step_size, "step_size")
         self.objective, self.eps, self.steps, self.step_size, self.norm = objective, eps, steps, step_size, norm
         self.attack, self.bound_eps = None, None
         if eps is not None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import Norm, ThreatModel
+from ..attacks import Norm, ThreatModel, check_eps, parse_eps
 from ..attacks.optim import project
 from ..errors import ConfigError
 from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
@@ -39,11 +39,11 @@ class RankingAdversary:
     the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None):
-        if eps is not None and (not isinstance(eps, (int, float)) or not eps >= 0):
-            raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
+        eps = None if eps is None else check_eps(parse_eps(eps), Norm.LINF)
+        step_size = None if step_size is None else parse_eps(step_size, "step_size")
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
-        if step_size is not None and (not isinstance(step_size, (int, float)) or not step_size > 0):
+        if step_size is not None and not step_size > 0:
             raise ConfigError(f"step_size must be a positive number, got {step_size!r}")
         self.eps, self.steps, self.step_size = eps, steps, step_size
         self.bound_eps: float | None = None

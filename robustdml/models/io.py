@@ -86,6 +86,17 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise ModelFileError(f"no model at {path}: expected a run directory with best/{CONFIG} or a folder with {CONFIG} and {WEIGHTS}")
 
 
+def model_info(path: str | Path) -> dict:
+    """What a saved model's ``model.json`` says beside its architecture (``trained_on``: the dataset
+    and input shape it was trained on; ``epoch``; ``metrics``), without building it."""
+    config_path = resolve_model_dir(path) / CONFIG
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{config_path} is not valid JSON: {e}") from None
+    return {k: v for k, v in config.items() if k not in ("format", "version", "model")} if isinstance(config, dict) else {}
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a saved model (or a run directory's best model) as one module in eval mode.
 

@@ -85,7 +85,7 @@ def plot_adversarial_grid(clean: torch.Tensor, adversarial: torch.Tensor, eps: f
 def _save(fig, path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # no label cut off at an edge
     plt.close(fig)
     return path
 
@@ -102,4 +102,5 @@ def plot_certified(results: dict[str, dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of test images")
     axes[1].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)

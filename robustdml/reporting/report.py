@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -24,19 +23,9 @@ from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import write_text  # noqa: E402
 from ..methods import METHODS  # noqa: E402
 from .plots import _save, plot_convergence  # noqa: E402
+from ..evaluation.checks import CHECK_MEANING, UPPER_BOUND, failed_metrics, failure_note, upper_bounds  # noqa: E402
+from ..evaluation.certify import SMOOTHED_VS_CERTIFIED  # noqa: E402
 from .summary import mean_std, summarize  # noqa: E402
-
-CHECKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "design.md"
-CHECKS_SECTION = "honest-evaluation-checks"
-
-
-def _design_link(out_dir: Path) -> str:
-    """A link from the report to the checks' section of docs/design.md (relative, so it works in a
-    checkout; the plain path where the docs are not beside the package)."""
-    if CHECKS_DOC.is_file():
-        return f"[docs/design.md]({os.path.relpath(CHECKS_DOC, out_dir.resolve())}#{CHECKS_SECTION})"
-    return f"docs/design.md, section {CHECKS_SECTION}"
-
 
 def load_cells(out_dir: str | Path) -> list[dict]:
     cells = []
@@ -68,12 +57,79 @@ def group_tables(cells: list[dict]) -> dict[tuple[str, str], dict]:
     return tables
 
 
-def _table_md(rows: dict) -> str:
+def _number(mean: float, std: float, n: int) -> str:
+    """``0.512 ± 0.022`` over several seeds; ``0.512`` for one (a spread of one value is no spread)."""
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def _table_md(rows: dict, marks: dict | None = None, labels: dict | None = None) -> str:
+    """rows: method -> column -> (mean, std, n); marks: method -> column -> footnote marks to append;
+    labels: method -> the row's label (e.g. with a stale mark)."""
+    marks, labels = marks or {}, labels or {}
     cols = list(next(iter(rows.values())))
     lines = ["| method | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, row in rows.items():
         n = next(iter(row.values()))[2]
-        lines.append(f"| {method} | {n} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s, _ in row.values()) + " |")
+        lines.append(f"| {labels.get(method, method)} | {n} | " + " | ".join(
+            _number(m, s, k) + marks.get(method, {}).get(col, "") for col, (m, s, k) in row.items()) + " |")
+    return "\n".join(lines)
+
+
+def _suite_md(group: dict) -> str:
+    """Which suite and settings produced the group's robust figures (one line per distinct setting)."""
+    from .settings import describe_suite
+    described: dict[str, list[str]] = {}
+    for method, runs in group["runs"].items():
+        for r in runs:
+            line = describe_suite(r.get("settings", {}), r.get("test_images"),
+                                  r.get("parts", {}).get("attack", {}).get("settings", {}).get("suite"))
+            described.setdefault(line, []).append(f"{method} seed {r['cell']['seed']}")
+    if len(described) == 1:
+        return f"Robust figures: the worst case over the {next(iter(described))}.\n"
+    return "Robust figures: the worst case over the attack suite; the cells differ in its settings:\n\n" + "\n".join(
+        f"- {line}: {', '.join(cells)}" for line, cells in described.items()) + "\n"
+
+
+def _upper_bound_marks(group: dict) -> tuple[dict, list[str]]:
+    """† on every adversarial figure to which a cell's failed check applies, and the footnotes
+    (check, seed, amount): method -> column -> mark, and the footnote lines."""
+    marks: dict = defaultdict(dict)
+    notes = []
+    for method, runs in group["runs"].items():
+        for r in runs:
+            bounds = upper_bounds(r.get("checks", {}))
+            for metric in bounds:
+                marks[method][f"adv {metric}"] = UPPER_BOUND
+            for name, check in r.get("checks", {}).items():
+                if failed_metrics(name, check) != []:
+                    notes.append(f"{UPPER_BOUND} upper bound: {method} seed {r['cell']['seed']}, check `{name}` "
+                                 f"failed: {failure_note(name, check)}.")
+    return marks, notes
+
+
+def _stale_labels(group: dict) -> tuple[dict, list[str]]:
+    """Rows holding a cell kept with ``--reuse-stale``, marked, and what changed since."""
+    labels, notes = {}, []
+    for method, runs in group["runs"].items():
+        for r in runs:
+            for part, changes in r.get("stale", {}).items():
+                labels[method] = f"{method} (stale)"
+                notes.append(f"stale: {method} seed {r['cell']['seed']}, its {part} results were made with other "
+                             f"settings ({'; '.join(changes)}) and kept by --reuse-stale.")
+    return labels, notes
+
+
+def _worst_by_md(group: dict) -> str:
+    """Which attack gave each worst-case figure at the main eps (per seed, where seeds differ)."""
+    metrics = metric_names("summary")
+    eps = group["eps"]
+    lines = ["| method | " + " | ".join(f"worst {m} by" for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for method, runs in group["runs"].items():
+        cells = []
+        for m in metrics:
+            found = list(dict.fromkeys(r.get("worst_attack", {}).get(eps, {}).get(m, "-") for r in runs))
+            cells.append(" / ".join(found))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -181,8 +237,9 @@ def _certify_md(rows: dict[str, list[dict]]) -> str:
     head = [f"assign. r={r:g}" for r in radii] + [f"R@1 r={r:g}" for r in radii]
     lines = [f"Center-smoothing certificates (sigma {first['sigma']:g}, {first['images']} test images; `robustdml "
              f"certify`, docs/certify.md): the fraction of test images whose k-means assignment, and whose correct "
-             f"R@1 answer, is certified within each L2 radius; mean over seeds.\n",
-             "| method | seeds | abstained | smoothed NMI | smoothed R@1 | " + " | ".join(head) + " | s / image |",
+             f"R@1 answer, is certified within each L2 radius; mean over seeds. The abstain rate is the fraction "
+             f"of test images that get no certificate at all. {SMOOTHED_VS_CERTIFIED}.\n",
+             "| method | seeds | abstain rate | smoothed NMI | smoothed R@1 | " + " | ".join(head) + " | s / image |",
              "|---|---|---|---|---|" + "---|" * (len(head) + 1)]
     for method, found in rows.items():
         values = ([np.mean([f["abstained"] / f["images"] for f in found]), np.mean([f["clean"]["nmi"] for f in found]),
@@ -211,7 +268,33 @@ def _checks_md(group: dict) -> str:
             states = [{True: "passed", False: "**FAILED**", None: "skipped"}[r.get("checks", {}).get(c, {}).get("passed")]
                       for c in names]
             lines.append(f"| {method} | {r['cell']['seed']} | " + " | ".join(states) + " |")
+    meaning = "\n".join(f"- `{name}`: {CHECK_MEANING[name]}" for name in names if name in CHECK_MEANING)
+    return "\n".join(lines) + ("\n\nWhat each check asks (a figure whose check failed is an upper bound, marked "
+                               f"{UPPER_BOUND}):\n\n" + meaning if meaning else "")
+
+
+def _key_value_md(rows: dict, head: tuple[str, str] = ("key", "value")) -> str:
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    lines += [f"| {k} | `{json.dumps(v) if not isinstance(v, str) else v}` |" for k, v in rows.items()]
     return "\n".join(lines)
+
+
+def _configs_md(ok: list[dict]) -> str:
+    """The software of the first cell, the training settings all cells share, and per cell what differs."""
+    configs = {"-".join(str(v) for v in c["cell"].values()): c.get("config", {}) for c in ok}
+    keys = list(dict.fromkeys(k for cfg in configs.values() for k in cfg))
+    shared = {k: v for k in keys if len({json.dumps(cfg.get(k), sort_keys=True) for cfg in configs.values()}) == 1
+              for v in [next(iter(configs.values())).get(k)]}
+    parts = ["## Configs and software\n", "Software (of the first cell):\n", _key_value_md(ok[0].get("versions", {}),
+                                                                                       ("package", "version")), "",
+             "Training settings every cell shares:\n", _key_value_md(shared, ("setting", "value")), ""]
+    differing = [k for k in keys if k not in shared]
+    if differing:
+        parts += ["Per cell, the settings that differ:\n",
+                  "| cell | " + " | ".join(differing) + " |", "|---|" + "---|" * len(differing)]
+        parts += [f"| {name} | " + " | ".join(f"`{json.dumps(cfg.get(k))}`" for k in differing) + " |"
+                  for name, cfg in configs.items()]
+    return "\n".join(parts) + "\n"
 
 
 def build_report(out_dir: str | Path) -> tuple[Path, Path]:
@@ -225,9 +308,13 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
                            f"finished, {sum(c.get('status') == 'failed' for c in cells)} failed.\n"))
     for (dataset, backbone), group in tables.items():
         slug = f"{dataset}-{backbone}"
-        sections.append(("md", f"## {dataset}, {backbone}\n\nClean and adversarial (worst case over the attack "
-                               f"suite at eps = {group['eps']}) metrics, mean ± std over seeds:\n\n"
-                               + _table_md(group["rows"]) + "\n"))
+        marks, bound_notes = _upper_bound_marks(group)
+        labels, stale_notes = _stale_labels(group)
+        notes = "".join(f"\n{n}\n" for n in bound_notes + stale_notes)
+        sections.append(("md", f"## {dataset}, {backbone}\n\n{_suite_md(group)}\nClean and adversarial metrics "
+                               f"(adv: the worst case at {_budget(group)}), mean ± std over seeds where there are "
+                               f"several:\n\n" + _table_md(group["rows"], marks, labels) + "\n" + notes))
+        sections.append(("md", "The attack that gave each worst case:\n\n" + _worst_by_md(group) + "\n"))
         sections.append(("md", "Worst case against eps (the eps sweep):\n"))
         sections.append(("img", str(_curves(group, fig_dir / f"{slug}-curves.png"))))
         convergence = _convergence(group, fig_dir / f"{slug}-convergence.png")
@@ -238,8 +325,7 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
         if tsne:
             sections.append(("md", "t-SNE of the same test images, clean and adversarial:\n"))
             sections.append(("img", str(tsne)))
-        sections.append(("md", f"Honest-evaluation checks (what each means: {_design_link(out_dir)}):\n\n"
-                               + _checks_md(group) + "\n"))
+        sections.append(("md", "Honest-evaluation checks:\n\n" + _checks_md(group) + "\n"))
         ranking = _ranking_md(group, dataset)
         if ranking:
             sections.append(("md", ranking))
@@ -254,9 +340,7 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
             for c in failed) + "\n"))
     ok = [c for c in cells if c.get("status") == "ok"]
     if ok:
-        sections.append(("md", "## Configs and software\n\nSoftware: `" + json.dumps(ok[0]["versions"]) + "`\n\n"
-                         + "\n".join(f"- `{'-'.join(str(v) for v in c['cell'].values())}`: `{json.dumps(c['config'])}`"
-                                     for c in ok) + "\n"))
+        sections.append(("md", _configs_md(ok)))
 
     md, body = [], []
     for kind, content in sections:
@@ -313,6 +397,19 @@ def _md_to_html(text: str) -> str:
     return "\n".join(out)
 
 
+def _budget(group: dict) -> str:
+    from ..attacks import format_budget
+    first = next(iter(group["runs"].values()))[0]
+    return format_budget(float(group["eps"]), first.get("settings", {}).get("norm", "linf"))
+
+
 def print_tables(out_dir: str | Path) -> str:
-    return "\n\n".join(f"{d}, {b} (adv = worst case at eps {g['eps']}):\n" + _table_md(g["rows"])
-                       for (d, b), g in group_tables(load_cells(out_dir)).items())
+    """The results tables for the terminal: the suite line, the table with its upper-bound marks and
+    stale rows, and the footnotes."""
+    out = []
+    for (d, b), g in group_tables(load_cells(out_dir)).items():
+        marks, bound_notes = _upper_bound_marks(g)
+        labels, stale_notes = _stale_labels(g)
+        out.append(f"{d}, {b} (adv = worst case at {_budget(g)})\n{_suite_md(g)}" + _table_md(g["rows"], marks, labels)
+                   + "".join(f"\n{n}" for n in bound_notes + stale_notes))
+    return "\n\n".join(out)

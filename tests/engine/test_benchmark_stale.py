@@ -1,0 +1,105 @@
+"""A benchmark rerun re-runs exactly the parts whose settings changed, and says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+
+from test_benchmark_faults import tiny_config  # noqa: E402
+
+from robustdml.engine.benchmark import Benchmark, load_benchmark_config  # noqa: E402
+from robustdml.reporting.report import build_report  # noqa: E402
+
+CELL = "digits-small-cnn-standard-s0"
+
+
+def _edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def _cell(out: Path) -> dict:
+    return json.loads((out / "cells" / CELL / "result.json").read_text())
+
+
+def _weights(out: Path) -> bytes:
+    return (out / "cells" / CELL / "run" / "best" / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished one-cell benchmark, run once; each test works on a copy."""
+    base = tmp_path_factory.mktemp("stale")
+    config = tiny_config(base, methods=("standard",))
+    assert Benchmark(load_benchmark_config(config), base / "out", progress=False).run() == {CELL: "ok"}
+    return base
+
+
+@pytest.fixture
+def _first_run(finished, tmp_path):
+    def copy(_=None):
+        shutil.copytree(finished / "out", tmp_path / "out")
+        shutil.copy(finished / "bench.yaml", tmp_path / "bench.yaml")
+        return tmp_path / "bench.yaml", tmp_path / "out"
+    return copy
+
+
+def test_unchanged_settings_skip_the_cell(_first_run):
+    config, out = _first_run()
+    before = (out / "cells" / CELL / "result.json").read_bytes()
+    assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "skipped"}
+    assert (out / "cells" / CELL / "result.json").read_bytes() == before
+
+
+def test_changed_attack_steps_re_attack_without_retraining(_first_run, caplog):
+    config, out = _first_run()
+    first, weights = _cell(out), _weights(out)
+    assert first["parts"]["attack"]["settings"]["suite"]["steps"] == 2
+    _edit(config, lambda d: d["attack"].update(steps=3))
+    with caplog.at_level(logging.INFO, logger="robustdml"):
+        assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "updated"}
+    log = caplog.text
+    assert "attack settings changed (suite.steps: 2 -> 3)" in log and "training reused" in log
+    cell = _cell(out)
+    assert cell["settings"]["steps"] == 3 and cell["parts"]["attack"]["settings"]["suite"]["steps"] == 3
+    assert cell["parts"]["train"] == first["parts"]["train"] and cell["reused"] == ["train"]
+    assert cell["part_seconds"]["train"] < 1.0  # the training time of this rerun: none
+    assert _weights(out) == weights and not (out / "cells" / CELL / "previous-run").exists()
+    md, html = build_report(out)
+    assert "3 iterations" in md.read_text() and "3 iterations" in html.read_text()
+
+
+def test_changed_epochs_retrain(_first_run):
+    config, out = _first_run()
+    _edit(config, lambda d: d["train"].update(epochs=2))
+    assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "ok"}
+    cell = _cell(out)
+    assert cell["config"]["epochs"] == 2 and cell["reused"] == []
+    assert (out / "cells" / CELL / "previous-run" / "best").is_dir()  # the superseded model is kept aside
+    assert cell["seconds_per_epoch"] > 0
+    log = (out / "cells" / CELL / "run" / "log.csv").read_text().splitlines()
+    assert len(log) == 3  # header + two fresh epochs, not a resumed one-epoch run
+
+
+def test_reuse_stale_keeps_and_marks(_first_run):
+    config, out = _first_run()
+    _edit(config, lambda d: d["attack"].update(steps=3))
+    statuses = Benchmark(load_benchmark_config(config), out, progress=False, reuse_stale=True).run()
+    assert statuses == {CELL: "stale"}
+    cell = _cell(out)
+    assert cell["settings"]["steps"] == 2 and "attack" in cell["stale"]
+    md, html = build_report(out)
+    text = md.read_text()
+    assert "stale" in text and "suite.steps: 2 -> 3" in text
+    # a later run without the flag brings it up to date
+    assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "updated"}
+    assert "stale" not in _cell(out)
