@@ -20,7 +20,9 @@ def test_gpu_benchmark_smoke_run_on_cpu():
     details = json.loads(rest)
     assert name == "G1" and float(ratio) > 0
     assert details["bf16_channels_last_images_per_s"] > 0 and details["fp32_images_per_s"] > 0
-    assert abs(float(ratio) - details["bf16_channels_last_images_per_s"] / details["fp32_images_per_s"]) < 0.02
+    fast, slow = details["bf16_channels_last_images_per_s"], details["fp32_images_per_s"]
+    # the throughputs are printed to 0.1 image/s, the ratio from the unrounded ones: allow that rounding
+    assert abs(float(ratio) - fast / slow) < 0.01 + 0.05 * (1 / fast + 1 / slow) * fast / slow
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -200,7 +200,7 @@ def _attack_summary(found) -> str:
         rows[f"WORST @ {budget}"] = {m: f"{v:.4f}{UPPER_BOUND if marked and m in bounds else ''}"
                                      for m, v in found.worst[k].items()}
         rows[f"  worst by @ {budget}"] = found.worst_attack[k]
-    lines = [describe_suite(found.settings, len(found.labels)), metrics_table(rows), ""]
+    lines = [f"Robust figures over {describe_suite(found.settings, len(found.labels))}", metrics_table(rows), ""]
     for name, check in found.checks.items():
         state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
         detail = failure_note(name, check) if check["passed"] is False else check.get("note", "")

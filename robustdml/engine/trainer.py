@@ -147,7 +147,9 @@ class Trainer:
     def _build_model(self) -> None:
         """The method, the model and the loss it trains; the method learns the run's facts."""
         cfg = self.cfg
-        in_channels = int(self.train_set[0][0].shape[0])
+        # read once, here: reading a training image draws from the random streams (its augmentation)
+        self.input_shape = list(self.train_set[0][0].shape)
+        in_channels = int(self.input_shape[0])
         self.method = create_method(cfg.method, **cfg.method_kwargs)
         self.model = self.method.build_model(lambda: create_model(
             cfg.backbone, pretrained=cfg.pretrained, embedding_dim=cfg.embedding_dim, in_channels=in_channels,
@@ -179,7 +181,7 @@ class Trainer:
     def trained_on(self) -> dict:
         """What the saved models record of their data, so that evaluating them on other data is a
         deliberate choice (``--dataset-mismatch-ok``)."""
-        return {"dataset": self.cfg.dataset, "input_shape": list(self.train_set[0][0].shape)}
+        return {"dataset": self.cfg.dataset, "input_shape": self.input_shape}
 
     def _model_extra(self, epoch: int, **more) -> dict:
         return {"epoch": epoch + 1, **more, "trained_on": self.trained_on(), "training_revision": TRAINING_REVISION}

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..attacks import Norm  # noqa: E402
 from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import atomic_path  # noqa: E402
 
@@ -34,7 +35,7 @@ def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...]
                     label=name)
         ax.plot([0] + eps, [clean] + [result["worst"][k][metric] for k in eps_keys], "k--", lw=2, label="worst")
         ax.set_title(metric)
-        ax.set_xlabel("eps")
+        ax.set_xlabel(f"eps ({Norm(result.get('settings', {}).get('norm', 'linf')).symbol})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -52,6 +53,9 @@ def plot_convergence(curves: dict[str, dict], path: str | Path) -> Path:
         for label, curve in curves.items():
             ax.plot(curve["iterations"][:len(curve[metric])], curve[metric], marker="o", ms=3, label=label)
         ax.set_xscale("log")
+        ticks = sorted({i for curve in curves.values() for i in curve["iterations"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_title(f"{metric} vs attack iterations")
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)

@@ -19,6 +19,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..attacks import Norm  # noqa: E402
 from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import write_text  # noqa: E402
 from ..methods import METHODS  # noqa: E402
@@ -85,7 +86,7 @@ def _suite_md(group: dict) -> str:
                                   r.get("parts", {}).get("attack", {}).get("settings", {}).get("suite"))
             described.setdefault(line, []).append(f"{method} seed {r['cell']['seed']}")
     if len(described) == 1:
-        return f"Robust figures: the worst case over the {next(iter(described))}.\n"
+        return f"Robust figures: the worst case over {next(iter(described))}.\n"
     return "Robust figures: the worst case over the attack suite; the cells differ in its settings:\n\n" + "\n".join(
         f"- {line}: {', '.join(cells)}" for line, cells in described.items()) + "\n"
 
@@ -103,7 +104,7 @@ def _upper_bound_marks(group: dict) -> tuple[dict, list[str]]:
             for name, check in r.get("checks", {}).items():
                 if failed_metrics(name, check) != []:
                     notes.append(f"{UPPER_BOUND} upper bound: {method} seed {r['cell']['seed']}, check `{name}` "
-                                 f"failed: {failure_note(name, check)}.")
+                                 f"failed ({CHECKS_LINK}): {failure_note(name, check)}.")
     return marks, notes
 
 
@@ -145,7 +146,7 @@ def _curves(group: dict, path: Path) -> Path:
             mean = [sum(v[i] for v in values) / len(values) for i in range(len(eps))]
             ax.plot(eps, mean, marker="o", ms=3, label=method)
         ax.set_title(f"worst-case {metric} (mean over seeds)")
-        ax.set_xlabel("eps")
+        ax.set_xlabel(f"eps ({Norm(next(iter(group['runs'].values()))[0].get('settings', {}).get('norm', 'linf')).symbol})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -269,8 +270,12 @@ def _checks_md(group: dict) -> str:
                       for c in names]
             lines.append(f"| {method} | {r['cell']['seed']} | " + " | ".join(states) + " |")
     meaning = "\n".join(f"- `{name}`: {CHECK_MEANING[name]}" for name in names if name in CHECK_MEANING)
-    return "\n".join(lines) + ("\n\nWhat each check asks (a figure whose check failed is an upper bound, marked "
-                               f"{UPPER_BOUND}):\n\n" + meaning if meaning else "")
+    return "\n".join(lines) + (f"\n\n### {CHECKS_HEADING}\n\nA figure whose check failed is an upper bound, marked "
+                               f"{UPPER_BOUND}.\n\n" + meaning if meaning else "")
+
+
+CHECKS_HEADING = "What each check asks"
+CHECKS_LINK = f"[what each check asks](#{CHECKS_HEADING.lower().replace(' ', '-')})"
 
 
 def _key_value_md(rows: dict, head: tuple[str, str] = ("key", "value")) -> str:
@@ -325,7 +330,7 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
         if tsne:
             sections.append(("md", "t-SNE of the same test images, clean and adversarial:\n"))
             sections.append(("img", str(tsne)))
-        sections.append(("md", "Honest-evaluation checks:\n\n" + _checks_md(group) + "\n"))
+        sections.append(("md", f"Honest-evaluation checks ({CHECKS_LINK}):\n\n" + _checks_md(group) + "\n"))
         ranking = _ranking_md(group, dataset)
         if ranking:
             sections.append(("md", ranking))
@@ -388,7 +393,9 @@ def _md_to_html(text: str) -> str:
         flush()
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+            title = line[level:].strip()
+            anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")  # as Markdown renderers do
+            out.append(f'<h{level} id="{anchor}">{inline(title)}</h{level}>')
         elif line.startswith("- "):
             out.append(f"<li>{inline(line[2:])}</li>")
         elif line.strip():

@@ -11,7 +11,7 @@ def describe_suite(settings: dict, test_images: int | None = None, suite: dict |
     """One line from a robust result's ``settings`` (and, where the benchmark recorded it, the
     suite's own entries ``suite``, which name each attack's optimiser).
 
-    Example: ``suite strong: 9 attacks (displacement [apgd], ..., noise), 100 iterations, 1 restart,
+    Example: ``the strong suite: 9 attacks (displacement [apgd], ..., noise), 100 iterations, 1 restart,
     budgets L∞ 0.05, 0.1, 0.15 (figures at 0.1), 1,797 test images``."""
     norm = settings.get("norm", "linf")
     labels = list(settings.get("attacks", []))
@@ -25,7 +25,8 @@ def describe_suite(settings: dict, test_images: int | None = None, suite: dict |
     main = settings.get("main_eps")
     budgets = ", ".join(format_budget(e, norm) if i == 0 else format_budget(e, norm).split(" ", 1)[1]
                         for i, e in enumerate(eps))
-    line = (f"suite {settings.get('suite') or 'custom'}: {len(labels)} attacks ({', '.join(named)}), "
+    name = settings.get("suite")
+    line = (f"{f'the {name}' if name else 'a custom'} suite: {len(labels)} attacks ({', '.join(named)}), "
             f"{settings.get('steps')} iterations, {restarts} restart{'s' if restarts != 1 else ''}, budgets {budgets}")
     if main is not None and len(eps) > 1:
         line += f" (figures at {format_budget(main, norm)})"

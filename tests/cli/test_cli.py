@@ -60,6 +60,10 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
 
 @pytest.mark.parametrize("extra,match", [
     (["--eps", "-0.1"], "eps"),
+    (["--eps", "8"], "did you mean 8/255?"),
+    (["--eps", "8/0"], "a fraction like 8/255"),
+    (["--attack", "noise", "--norm", "l2"], "give L2 budgets with eps"),
+    (["--dataset", "fashion-zs"], "pass --dataset-mismatch-ok"),
     (["--steps", "0"], "steps"),
     (["--attack", "fgsm-magic"], "unknown attack"),
     (["--kmeans-restarts", "0"], "--kmeans-restarts"),
@@ -67,8 +71,11 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, match):
     (["--attack", "centroid", "--attack-option", "centroid.optimizer=adam"], "optimizer"),
     (["--attack", "centroid", "--attack-option", "retrieval.steps=3"], "not in the suite"),
 ])
-def test_attack_bad_input(digits_run, extra, match):
+def test_attack_bad_input(digits_run, extra, match, tmp_path):
     run, _ = digits_run
+    if "fashion-zs" in extra:  # a digits model on Fashion-MNIST (tiny official files)
+        from fixtures import make_fashion
+        extra = [*extra, "--root", str(make_fashion(tmp_path / "fashion"))]
     proc = run_main("attack", str(run), "--dataset", "digits", *extra)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert match in proc.stderr.strip().splitlines()[-1]
@@ -140,14 +147,84 @@ def test_certify_writes_curves_and_rejects_bad_settings(tmp_path, capsys):
                  "noise_sigma=0.25"]) == 0
     assert main(["certify", str(run), "--dataset", "digits", "--sigma", "0.25", "--samples", "500", "--alpha", "0.1",
                  "--center-samples", "800", "--queries", "6", "--radii", "0", "0.05", "-q"]) == 0
-    found = json.loads((run / "certify" / "certify-sigma0.25.json").read_text())
+    found = json.loads((run / "certify" / "digits-sigma0.25.json").read_text())
     assert found["queries"] == 6 and len(found["certified_assignment"]) == 2
     assert len(found["centroids"]) == len(set(found["per_image"]["labels"]))  # k = the classes present
-    assert (run / "certify" / "certify-sigma0.25.png").is_file()
-    capsys.readouterr()
+    assert (run / "certify" / "digits-sigma0.25.png").is_file()
+    printed = capsys.readouterr().out
+    assert "abstain rate" in printed and "smoothed R@1 is the Recall@1 of the smoothed embeddings" in printed
     for args, message in [(["--sigma", "0"], "sigma must be positive"),
                           (["--sigma", "0.25", "--center-samples", "100"], "too few"),
                           (["--sigma", "0.25", "--samples", "100", "--radii", "1.0"], "cannot be certified")]:
         assert main(["certify", str(run), "--dataset", "digits", "--queries", "4", "-q", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_attack_budgets_outputs_and_data_records(digits_run, tmp_path):
+    """8/255 is a budget; results are named by dataset and suite, so runs of other suites never
+    replace each other; the model's record of its data is checked (and can be overridden)."""
+    import shutil
+    run, _ = digits_run
+    model = tmp_path / "model"
+    shutil.copytree(run / "best", model / "best")
+    common = ["attack", str(model), "--dataset", "digits", "--attack", "noise", "centroid", "--steps", "1", "-q"]
+    proc = run_cli(*common, "--eps", "8/255", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert "L∞ 8/255" in proc.stdout and "@ L∞ 0.1" in proc.stdout and "a custom suite: 2 attacks" in proc.stdout
+    custom = list((model / "attack").glob("digits-custom-*.json"))
+    assert len(custom) == 1
+    result = json.loads(custom[0].read_text())
+    assert list(result["worst"]) == [f"{8 / 255:.6g}", "0.1"] and result["dataset"] == "digits"
+    assert (model / "attack" / custom[0].stem / "metrics_vs_eps.png").is_file()
+    assert run_main(*common[:4], "--suite", "fast", "-q").returncode == 0
+    assert (model / "attack" / "digits-fast.json").is_file() and custom[0].is_file()  # both kept
+    info = json.loads((model / "best" / "model.json").read_text())["trained_on"]
+    assert info == {"dataset": "digits", "input_shape": [1, 8, 8]}
+    from fixtures import make_fashion
+    root = str(make_fashion(tmp_path / "fashion"))
+    proc = run_main("attack", str(model), "--dataset", "fashion", "--root", root, "--suite", "fast", "-q")
+    assert proc.returncode == 2 and "was trained on digits (1x8x8 images)" in proc.stderr
+    assert not (model / "attack" / "fashion-fast.json").exists()
+    proc = run_main("attack", str(model), "--dataset", "fashion", "--root", root, "--suite", "fast", "-q",
+                    "--dataset-mismatch-ok")
+    assert proc.returncode == 0, proc.stderr
+    assert (model / "attack" / "fashion-fast.json").is_file() and (model / "attack" / "digits-fast.json").is_file()
+
+
+def test_training_into_a_directory_with_results_is_refused(digits_run, tmp_path):
+    import shutil
+    run, _ = digits_run
+    target = tmp_path / "run"
+    (target / "attack").mkdir(parents=True)
+    (target / "attack" / "digits-strong.json").write_text("{}")
+    proc = run_main("train", "--config", "configs/digits.yaml", "--out", str(target), "-q", *FAST)
+    assert proc.returncode == 2 and "already holds a run (attack)" in proc.stderr
+    assert (target / "attack" / "digits-strong.json").read_text() == "{}"
+    shutil.rmtree(target)
+
+
+@pytest.mark.parametrize("value,expected", [("8/255", 8 / 255), ("0.1", 0.1), (0.25, 0.25), ("77 / 255", 77 / 255)])
+def test_eps_is_read_as_a_person_writes_it(value, expected):
+    from robustdml.attacks import parse_eps
+    from robustdml.evaluation.suite import AttackSuite
+    from robustdml.engine.config import config_from_dict
+    assert parse_eps(value) == pytest.approx(expected)
+    assert AttackSuite.from_dict({"attacks": ["noise"], "eps": [value]}).eps == [pytest.approx(expected)]
+    assert config_from_dict({"robust_eval_eps": value}).robust_eval_eps == pytest.approx(expected)
+
+
+def test_budgets_that_cannot_be_meant_are_refused():
+    from robustdml.attacks import ThreatModel, create_attack
+    from robustdml.errors import ConfigError
+    from robustdml.evaluation.suite import AttackSuite
+    from robustdml.methods import create_method
+    with pytest.raises(ConfigError, match="did you mean 8/255"):
+        AttackSuite.from_dict({"attacks": ["noise"], "eps": [8]})
+    with pytest.raises(ConfigError, match="did you mean 8/255"):
+        create_attack("displacement", 8)
+    with pytest.raises(ConfigError, match="did you mean 8/255"):
+        create_method("pgd-at", eps=8)
+    with pytest.raises(ConfigError, match="L2 budgets"):
+        AttackSuite(["noise"], norm="l2").eps_values(ThreatModel(0.1))
+    assert AttackSuite(["noise"], norm="l2", eps=[2.0]).eps_values(ThreatModel(0.1)) == [2.0]  # L2 may exceed 1

@@ -77,10 +77,11 @@ def test_attack_cli_writes_json_and_plots(digits_run, tmp_path, capsys):
     code = main(["attack", str(run), "--dataset", "digits", "--eps", "0.1", "--attack", "centroid", "noise",
                  "--steps", "3", "--surrogate", str(run), "--out", str(out), "-q"])
     assert code == 0
-    result = json.loads((out / "attack.json").read_text())
+    (path,) = out.glob("digits-custom-*.json")  # a custom list of attacks: named by the hash of its settings
+    result = json.loads(path.read_text())
     assert set(result) >= {"clean", "attacks", "worst", "checks"}
     assert set(result["attacks"]) == {"centroid", "noise"}
     assert isinstance(result["worst"]["0.1"]["nmi"], float)
-    assert (out / "metrics_vs_eps.png").stat().st_size > 1000
-    assert (out / "adversarial_examples.png").stat().st_size > 1000
+    assert (out / path.stem / "metrics_vs_eps.png").stat().st_size > 1000
+    assert (out / path.stem / "adversarial_examples.png").stat().st_size > 1000
     assert "WORST" in capsys.readouterr().out
