@@ -131,6 +131,8 @@ def _cmd_certify(args) -> int:
 def _cmd_attack_ranking(args) -> int:
     """RobRank's attacks under one profile (rob28 for images up to 32 px, else rob224), and the ERS."""
     from ..data import evaluation_sets
+    from ..attacks import format_budget
+    from ..attacks.ranking import PROFILES
     from ..evaluation.ranking import es_start_line, evaluate_ranking, ranking_table
     from ..files import write_json
     from .config import parse_options
@@ -150,7 +152,8 @@ def _cmd_attack_ranking(args) -> int:
     write_json(json_path, result)
     print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f} (best of "
           f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
-          f"(L∞ eps {found.eps:.4f}), {found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
+          f"({format_budget(found.eps)}, {PROFILES[profile]['steps']} iterations), {found.queries} queries "
+          f"(seed {found.seed}), {found.seconds / 60:.1f} min")
     print(ranking_table(result))
     if line := es_start_line(result):
         print(line)

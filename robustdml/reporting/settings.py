@@ -26,7 +26,7 @@ def describe_suite(settings: dict, test_images: int | None = None, suite: dict |
     budgets = ", ".join(format_budget(e, norm) if i == 0 else format_budget(e, norm).split(" ", 1)[1]
                         for i, e in enumerate(eps))
     name = settings.get("suite")
-    line = (f"{f'the {name}' if name else 'a custom'} suite: {len(labels)} attacks ({', '.join(named)}), "
+    line = (f"{f'the {name}' if name else 'a custom'} suite: {len(labels)} attack{'s' if len(labels) != 1 else ''} ({', '.join(named)}), "
             f"{settings.get('steps')} iterations, {restarts} restart{'s' if restarts != 1 else ''}, budgets {budgets}")
     if main is not None and len(eps) > 1:
         line += f" (figures at {format_budget(main, norm)})"
