@@ -34,17 +34,16 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from ..evaluation import evaluate_model
+    from ..api import checked_model
+    from ..evaluation import clean_metrics
     from ..files import write_json
     from ..reporting import metrics_table
 
-    from ..data import evaluation_sets
-
+    test = _test_data(args)
     model, device, workers = _load_for_evaluation(args)
-    _check_data(args, evaluation_sets(args.dataset, args.root, image_size=args.image_size)[0])
-    metrics = evaluate_model(model, args.dataset, args.root, device=device, batch_size=args.batch_size,
-                             image_size=args.image_size, seed=args.seed, workers=workers, progress=not args.quiet,
-                             restarts=args.kmeans_restarts)
+    model, device, workers = checked_model(model, test, device, args.normalize, workers)
+    metrics = clean_metrics(model, test.query, test.gallery, ks=test.ks, device=device, batch_size=args.batch_size,
+                            seed=args.seed, workers=workers, progress=not args.quiet, restarts=args.kmeans_restarts)
     result = {"clean": metrics}
     print(metrics_table(result))
     out = Path(args.json) if args.json else (Path(args.model) / "eval.json" if Path(args.model).is_dir() else None)
@@ -55,110 +54,115 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_attack(args) -> int:
-    from ..attacks import ThreatModel
-    from ..data import dataset_spec, evaluation_sets
+    from ..api import evaluate, make_suite, threat_of
     from ..engine.provenance import settings_hash
-    from ..evaluation.robust import AttackSuite, evaluate_robustness
-    from ..files import write_json
-    from ..models import load_model
     from .config import parse_options
 
     if args.suite == "robrank":
         return _cmd_attack_ranking(args)
-    if args.profile or args.queries:
-        raise RobustDMLError("--profile and --queries belong to --suite robrank")
-    custom = {"steps": args.steps, "restarts": args.restarts}
-    suite = AttackSuite(args.attack or args.suite, eps=args.eps, norm=args.norm, seed=args.seed,
-                        batch_size=args.batch_size, attack_kwargs=parse_options(args.attack_option),
-                        **{k: v for k, v in custom.items() if v is not None})
-    threat = ThreatModel.of(args.dataset)
-    suite.eps_values(threat)  # pre-flight: a budget that cannot be meant fails here, before any work
+    if args.profile:
+        raise RobustDMLError("--profile belongs to --suite robrank")
+    suite = make_suite(args.attack or args.suite, eps=args.eps, norm=args.norm, seed=args.seed,
+                       batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
+                       attack_kwargs=parse_options(args.attack_option))
+    test = _test_data(args)
+    threat_of(test, suite)  # pre-flight: a budget that cannot be meant fails here, before any work
     model, device, workers = _load_for_evaluation(args)
-    surrogate = load_model(args.surrogate, device=device) if args.surrogate else None
-    query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
-    _check_data(args, query)
-    found = evaluate_robustness(model, query, gallery, suite, threat=threat,
-                                ks=dataset_spec(args.dataset).recall_ks, device=device, surrogate=surrogate,
-                                kmeans_seed=args.seed, kmeans_restarts=args.kmeans_restarts, workers=workers,
-                                progress=not args.quiet)
-    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset, "test_images": len(query)}
+    found = evaluate(model, test, suite=suite, surrogate=args.surrogate, queries=args.queries, seed=args.seed,
+                     kmeans_restarts=args.kmeans_restarts, normalize=args.normalize, device=device, workers=workers,
+                     progress=not args.quiet)
+    found.about = {"model": str(args.model), **found.about}
     # one file per dataset and suite: a run on other data or with another suite never replaces this one
     stem = f"{args.dataset}-{found.settings['suite'] or 'custom-' + settings_hash(found.settings)[:8]}"
     out_dir = _results_dir(args, "attack")
     json_path = Path(args.json) if args.json else out_dir / f"{stem}.json"
-    write_json(json_path, result)
-    plots = _attack_plots(found, out_dir / stem)
-    print(_attack_summary(found))
+    found.save(json_path)
+    plots = found.plot(out_dir / stem)
+    print(found.table())
     print(f"wrote {json_path}, {', '.join(map(str, plots))}")
     return 0
 
 
 def _cmd_certify(args) -> int:
-    from ..data import evaluation_sets
-    from ..evaluation.certify import SMOOTHED_VS_CERTIFIED, Smoothing, certify, default_radii
-    from ..evaluation.ranking import query_subset
-    from ..files import write_json
-    from torch.utils.data import Subset
+    from ..api import certify
 
-    smoothing = Smoothing(sigma=args.sigma, samples=args.samples, center_samples=args.center_samples,
-                          alpha=args.alpha, delta=args.delta, batch_size=args.batch_size, seed=args.seed)
-    radii = args.radii or default_radii(smoothing.sigma)
+    test = _test_data(args)
     model, device, _ = _load_for_evaluation(args)
-    query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
-    _check_data(args, query)
-    if args.queries:
-        query = Subset(query, query_subset(len(query), args.queries, args.seed).tolist())
-    found = certify(model, query, gallery, smoothing=smoothing, radii=radii, device=device, kmeans_seed=args.seed,
+    found = certify(model, test, sigma=args.sigma, radii=args.radii, samples=args.samples,
+                    center_samples=args.center_samples, alpha=args.alpha, delta=args.delta, queries=args.queries,
+                    seed=args.seed, batch_size=args.batch_size, normalize=args.normalize, device=device,
                     progress=not args.quiet)
-    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset, "queries": len(query)}
+    found.about = {"model": str(args.model), **found.about}
     stem = f"{args.dataset}-sigma{args.sigma:g}"
     out_dir = _results_dir(args, "certify")
     json_path = Path(args.json) if args.json else out_dir / f"{stem}.json"
-    write_json(json_path, result)
+    found.save(json_path)
     from ..reporting.plots import plot_certified
-    plot = plot_certified({str(args.model): result}, out_dir / f"{stem}.png")
-    print(f"{args.dataset}, sigma {args.sigma:g}: {found.images} images, abstain rate "
-          f"{found.abstained / found.images:.3f} ({found.abstained} of {found.images}); smoothed clean "
-          f"NMI {found.clean['nmi']:.3f}, R@1 {found.clean['recall@1']:.3f}; {found.seconds_per_image:.2f} s per image")
-    print(f"({SMOOTHED_VS_CERTIFIED}.)")
-    print("radius (L2)   certified assignment   certified R@1")
-    for r, a, k in zip(found.radii, found.certified_assignment, found.certified_recall_at_1):
-        print(f"{r:11.4g}   {a:20.3f}   {k:13.3f}")
+    plot = plot_certified({str(args.model): found.to_dict()}, out_dir / f"{stem}.png")
+    print(f"{args.dataset}, {found.table()}")
     print(f"wrote {json_path}, {plot}")
     return 0
 
 
 def _cmd_attack_ranking(args) -> int:
     """RobRank's attacks under one profile (rob28 for images up to 32 px, else rob224), and the ERS."""
-    from ..data import evaluation_sets
+    from ..api import evaluate_ranking
     from ..attacks import format_budget
     from ..attacks.ranking import PROFILES
-    from ..evaluation.ranking import es_start_line, evaluate_ranking, ranking_table
-    from ..files import write_json
+    from ..evaluation.ranking import es_start_line
     from .config import parse_options
 
     if args.steps or args.restarts or args.eps or args.surrogate or args.norm:
         raise RobustDMLError("the robrank suite is fixed by its profile: drop --steps/--restarts/--eps/--norm/--surrogate")
+    test = _test_data(args)
     model, device, workers = _load_for_evaluation(args)
-    query, gallery = evaluation_sets(args.dataset, args.root, image_size=args.image_size)
-    _check_data(args, query)
-    profile = args.profile or ("rob28" if query[0][0].shape[-1] <= 32 else "rob224")
-    found = evaluate_ranking(model, query, gallery, profile=profile, queries=args.queries, seed=args.seed,
-                             attacks=args.attack, attack_kwargs=parse_options(args.attack_option), device=device,
-                             batch_size=min(args.batch_size, 128), workers=workers,
-                             kmeans_restarts=args.kmeans_restarts, progress=not args.quiet)
-    result = {**found.to_dict(), "model": str(args.model), "dataset": args.dataset}
-    json_path = Path(args.json) if args.json else _results_dir(args, "attack") / f"{args.dataset}-robrank-{profile}.json"
-    write_json(json_path, result)
+    found = evaluate_ranking(model, test, profile=args.profile, queries=args.queries, seed=args.seed,
+                             attacks=args.attack, attack_kwargs=parse_options(args.attack_option),
+                             batch_size=min(args.batch_size, 128), kmeans_restarts=args.kmeans_restarts,
+                             normalize=args.normalize, device=device, workers=workers, progress=not args.quiet)
+    found.about = {"model": str(args.model), **found.about}
+    result = found.to_dict()
+    json_path = (Path(args.json) if args.json else
+                 _results_dir(args, "attack") / f"{args.dataset}-robrank-{found.profile}.json")
+    found.save(json_path)
     print(f"{args.dataset}: clean R@1 {found.clean['recall@1']:.3f}, NMI {found.clean['nmi']:.3f} (best of "
-          f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile {profile} "
-          f"({format_budget(found.eps)}, {PROFILES[profile]['steps']} iterations), {found.queries} queries "
-          f"(seed {found.seed}), {found.seconds / 60:.1f} min")
-    print(ranking_table(result))
+          f"{args.kmeans_restarts} k-means runs; RobRank's one run: {found.clean['robrank_nmi']:.3f}); profile "
+          f"{found.profile} ({format_budget(found.eps)}, {PROFILES[found.profile]['steps']} iterations), "
+          f"{found.queries} queries (seed {found.seed}), {found.seconds / 60:.1f} min")
+    print(found.table())
     if line := es_start_line(result):
         print(line)
     print(f"wrote {json_path}")
     return 0
+
+
+def _root_item(item: str, datasets: list[str]) -> tuple[str, str]:
+    """``--root`` as (dataset, path): ``NAME=PATH`` for the dataset NAME, a bare ``PATH`` for the
+    only dataset in play."""
+    name, sep, path = item.partition("=")
+    if sep and name in datasets:
+        return name, path
+    if sep and "/" not in name:
+        raise RobustDMLError(f"--root {item}: {name} is not a dataset here ({', '.join(datasets) or 'none'})")
+    if len(datasets) != 1:
+        raise RobustDMLError(f"--root {item}: say which dataset it is for, as DATASET=PATH ({', '.join(datasets)})")
+    return datasets[0], item
+
+
+def _dataset_root(args) -> str | None:
+    """The root of ``args.dataset`` from ``--root PATH`` or ``--root DATASET=PATH``."""
+    roots = dict(_root_item(item, [args.dataset]) for item in args.root or [])
+    return roots.get(args.dataset)
+
+
+def _test_data(args):
+    """The test sets of ``args.dataset``, refused (before any work) if the model was trained on other data."""
+    from ..api import resolve_data
+    if args.kmeans_restarts < 1:  # the arguments first, then the data, then the model
+        raise RobustDMLError("--kmeans-restarts must be at least 1")
+    test = resolve_data(args.dataset, root=_dataset_root(args), image_size=args.image_size)
+    _check_data(args, test.query)
+    return test
 
 
 def _results_dir(args, kind: str) -> Path:
@@ -168,62 +172,14 @@ def _results_dir(args, kind: str) -> Path:
     return Path(args.model) / kind if Path(args.model).is_dir() else Path(kind)
 
 
-def _attack_plots(found, out_dir: Path) -> list[Path]:
-    from ..evaluation.robust import eps_key
-    from ..reporting import plot_adversarial_grid, plot_convergence, plot_metrics_vs_eps
-
-    sample = found.sample
-    plots = [plot_metrics_vs_eps(found.to_dict(), out_dir / "metrics_vs_eps.png"),
-             plot_adversarial_grid(sample.clean, sample.adversarial, sample.eps, out_dir / "adversarial_examples.png",
-                                   title=f"{sample.attack} attack, eps={eps_key(sample.eps)}")]
-    if found.convergence:
-        plots.append(plot_convergence(found.convergence, out_dir / "convergence.png"))
-    return plots
-
-
-def _attack_summary(found) -> str:
-    """The metrics table (clean, every attack at every eps, the worst case with the attack that gave
-    it) under the budget's norm; an upper-bound mark on every worst figure a failed check touches;
-    the checks' states, with the amount and the remedy of each failure."""
-    from ..attacks import format_budget
-    from ..evaluation.checks import UPPER_BOUND, failure_note, upper_bounds
-    from ..evaluation.robust import eps_key
-    from ..reporting import metrics_table
-    from ..reporting.settings import describe_suite
-
-    norm = found.settings.get("norm", "linf")
-    bounds = upper_bounds(found.checks)
-    rows = {"clean": found.clean}
-    for k in found.worst:
-        budget = format_budget(float(k), norm)
-        for name, per_eps in found.attacks.items():
-            if k in per_eps:
-                rows[f"{name} @ {budget}"] = per_eps[k]
-        marked = k == eps_key(found.main_eps)  # the checks rerun the attacks at the main eps
-        rows[f"WORST @ {budget}"] = {m: f"{v:.4f}{UPPER_BOUND if marked and m in bounds else ''}"
-                                     for m, v in found.worst[k].items()}
-        rows[f"  worst by @ {budget}"] = found.worst_attack[k]
-    lines = [f"Robust figures over {describe_suite(found.settings, len(found.labels))}", metrics_table(rows), ""]
-    for name, check in found.checks.items():
-        state = {True: "passed", False: "FAILED", None: "skipped"}[check["passed"]]
-        detail = failure_note(name, check) if check["passed"] is False else check.get("note", "")
-        lines.append(f"check {name:28s} {state}" + (f"  ({detail})" if detail else ""))
-    if bounds:
-        lines.append(f"{UPPER_BOUND} upper bound: a check failed on this figure ("
-                     + "; ".join(f"{m}: {', '.join(c)}" for m, c in bounds.items() if m in found.worst[eps_key(found.main_eps)])
-                     + ")")
-    return "\n".join(lines)
-
-
 def _cmd_benchmark(args) -> int:
     from ..engine.benchmark import Benchmark, load_benchmark_config
     from ..reporting.report import build_report, print_tables
 
-    cfg = load_benchmark_config(args.config)
+    cfg = load_benchmark_config(args.config, args.overrides)
+    datasets = [str(d) for d in cfg.grid.get("dataset") or []]
     for item in args.root or []:
-        dataset, sep, path = item.partition("=")
-        if not sep:
-            raise RobustDMLError(f"--root takes DATASET=PATH, got {item!r}")
+        dataset, path = _root_item(item, datasets)
         cfg.per_dataset.setdefault(dataset, {})["root"] = path
     if args.only:
         cfg.restrict(args.only)
@@ -253,32 +209,77 @@ def _cmd_report(args) -> int:
 
 def _cmd_data_info(args) -> int:
     from ..data import dataset_info
-    print(json.dumps(dataset_info(args.dataset, args.root), indent=2))
+    print(json.dumps(dataset_info(args.dataset, _dataset_root(args)), indent=2))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; given ``argv``, only the chosen command's options are built (the
+    others' need the heavy imports: ``robustdml --help`` answers without them)."""
     parser = argparse.ArgumentParser(
         prog="robustdml",
         description="Adversarially robust deep metric learning: train, attack, defend (EAT) and evaluate "
                     "clustering-based inference and retrieval.")
+    parser.add_argument("--version", action="version", version=f"robustdml {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars, warnings only")
     parser._add_container_actions(common)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub_add = sub.add_parser
-    sub.add_parser = lambda *a, **k: sub_add(*a, parents=[common], **k)  # -q/-v after the command too
-    for add in (_add_train, _add_evaluate, _add_attack, _add_certify, _add_benchmark, _add_report, _add_data):
-        add(sub)
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for name, add_arguments, text in _commands():
+        p = sub.add_parser(name, parents=[common], **text)
+        if argv is None or name == chosen:
+            add_arguments(p)
     return parser
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train an embedding model from a YAML config",
-                       description="Train a deep metric learning model. Any config key can be overridden "
-                                   "with key=value (e.g. epochs=5 seed=1 method=standard loss_kwargs.margin=0.2).")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("robustdml")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _commands():
+    """(name, the function adding its options, its help and description) of every command."""
+    return [
+        ("train", _args_train, dict(
+            help="train an embedding model from a YAML config",
+            description="Train a deep metric learning model. Any config key can be overridden with key=value "
+                        "(e.g. epochs=5 seed=1 method=standard loss_kwargs.margin=0.2).")),
+        ("evaluate", _args_evaluate, dict(
+            help="clean clustering and retrieval metrics of a model",
+            description="k-means NMI, pairwise F1, ARI, Recall@K and MAP@R on the test classes.")),
+        ("attack", _args_attack, dict(
+            help="robust evaluation under the attack suite",
+            description="Perturb every test image with each attack at each eps, cluster again and compute every "
+                        "metric; report the worst case per metric and the honest-evaluation checks. Writes JSON "
+                        "and PNG plots.")),
+        ("certify", _args_certify, dict(
+            help="certified robustness of clustering and retrieval (center smoothing)",
+            description="Center smoothing of the model's embedding with Gaussian noise of std SIGMA: per test "
+                        "image, the L2 radius within which its k-means assignment and its Recall@1 answer provably "
+                        "stay (with probability 1 - ALPHA each); the fraction certified at each radius. "
+                        "docs/certify.md says what is guaranteed.")),
+        ("benchmark", _args_benchmark, dict(
+            help="run a grid of (method, dataset, backbone, seed) cells and report",
+            description="Train and robust-evaluate every cell of the grid in a benchmark config. Finished cells "
+                        "are skipped on a rerun; a failing cell is recorded and the grid goes on. Ends with "
+                        "report.md and report.html in the output folder.")),
+        ("report", _args_report, dict(
+            help="rebuild a benchmark's report from its JSON files",
+            description="Rebuild report.md and report.html of a benchmark folder from its cells' result files "
+                        "(nothing is trained or attacked).")),
+        ("data", _args_data, dict(
+            help="dataset utilities",
+            description="Dataset utilities: `data info` prints the images, classes and label range of every split.")),
+    ]
+
+
+def _args_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (e.g. configs/digits.yaml); with --resume, defaults to RUN_DIR/config.yaml")
     p.add_argument("--out", required=True, help="run directory for logs, checkpoints and models")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -286,23 +287,17 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="clean clustering and retrieval metrics of a model",
-                       description="k-means NMI, pairwise F1, ARI, Recall@K and MAP@R on the test classes.")
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
     _add_model_and_data(p)
     p.add_argument("--json", help="write the results here (default: MODEL/eval.json for a directory)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _add_attack(sub) -> None:
+def _args_attack(p: argparse.ArgumentParser) -> None:
     from ..attacks import ATTACKS
     from ..evaluation.suite import NAMED
 
-    p = sub.add_parser("attack", help="robust evaluation under the attack suite",
-                       description="Perturb every test image with each attack at each eps, cluster again and "
-                                   "compute every metric; report the worst case per metric and the "
-                                   "honest-evaluation checks. Writes JSON and PNG plots.")
     _add_model_and_data(p)
     p.add_argument("--suite", choices=[*NAMED, "robrank"], default="strong",
                    help="a fixed attack suite (default strong: what every reported figure uses); robrank: "
@@ -310,7 +305,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--profile", choices=["rob28", "rob224"],
                    help="robrank: attack profile (default rob28 for images up to 32 px, else rob224)")
     p.add_argument("--queries", type=int,
-                   help="robrank: attack a seeded sample of this many test queries (default: all)")
+                   help="attack a seeded sample of this many test images (default: all)")
     p.add_argument("--eps", nargs="+",
                    help="budgets in [0,1] pixel units, as decimals or fractions: 0.1, 8/255 (default: the suite's, "
                         "around the dataset's eps; required with a --norm other than the dataset's)")
@@ -330,12 +325,7 @@ def _add_attack(sub) -> None:
     p.set_defaults(func=_cmd_attack)
 
 
-def _add_certify(sub) -> None:
-    p = sub.add_parser("certify", help="certified robustness of clustering and retrieval (center smoothing)",
-                       description="Center smoothing of the model's embedding with Gaussian noise of std SIGMA: per "
-                                   "test image, the L2 radius within which its k-means assignment and its "
-                                   "Recall@1 answer provably stay (with probability 1 - ALPHA each); the fraction "
-                                   "certified at each radius. docs/certify.md says what is guaranteed.")
+def _args_certify(p: argparse.ArgumentParser) -> None:
     _add_model_and_data(p)
     p.add_argument("--sigma", type=float, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     p.add_argument("--radii", type=float, nargs="+", help="L2 input radii to certify (default: 0, .25, .5, .75, 1 x sigma)")
@@ -351,47 +341,47 @@ def _add_certify(sub) -> None:
     p.set_defaults(func=_cmd_certify)
 
 
-def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="run a grid of (method, dataset, backbone, seed) cells and report",
-                       description="Train and robust-evaluate every cell of the grid in a benchmark config. "
-                                   "Finished cells are skipped on a rerun; a failing cell is recorded and the "
-                                   "grid goes on. Ends with report.md and report.html in the output folder.")
+def _args_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/benchmark-digits.yaml)")
     p.add_argument("--out", help="output folder (default: the config's `out`, else runs/NAME)")
-    p.add_argument("--root", action="append", metavar="DATASET=PATH", help="dataset folder, e.g. cub=/data/CUB_200_2011")
+    p.add_argument("--root", action="append", metavar="[DATASET=]PATH",
+                   help="dataset folder, e.g. cub=/data/CUB_200_2011 (repeatable); a bare PATH for a grid of one dataset")
     p.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="run only the cells with this grid value (repeatable; values of one key are alternatives), "
                         "e.g. --only method=eat --only seed=0; several such processes can share one --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, as for train: attack.steps=5 train.epochs=2 grid.seed=[0,1]")
     p.add_argument("--reuse-stale", action="store_true",
                    help="keep the results of cells whose settings changed instead of re-running them "
                         "(the report marks them stale)")
     p.set_defaults(func=_cmd_benchmark)
 
 
-def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="rebuild a benchmark's report from its JSON files")
+def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="benchmark output folder")
     p.set_defaults(func=_cmd_report)
 
 
-def _add_data(sub) -> None:
+def _args_data(p: argparse.ArgumentParser) -> None:
     from ..data import DATASETS
 
-    p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = data_sub.add_parser("info", help="images, classes and label range per split, as JSON")
     q.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    q.add_argument("--root", help="dataset folder (not needed for digits)")
+    q.add_argument("--root", action="append", metavar="[DATASET=]PATH", help="dataset folder (not needed for digits)")
     q.set_defaults(func=_cmd_data_info)
 
 
 def _add_model_and_data(p: argparse.ArgumentParser) -> None:
     from ..data import DATASETS
-    p.add_argument("model", help="run directory (its best model) or saved model directory")
+    p.add_argument("model", help="run directory (its best model) or saved model directory (robustdml.save_model)")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--root", help="dataset folder (not needed for digits)")
+    p.add_argument("--root", action="append", metavar="[DATASET=]PATH",
+                   help="dataset folder (not needed for digits): PATH, or DATASET=PATH as the benchmark takes it")
     p.add_argument("--dataset-mismatch-ok", action="store_true",
                    help="evaluate a model on a dataset (or an input size) other than the one it was trained on")
+    p.add_argument("--normalize", action="store_true",
+                   help="L2-normalise the model's embeddings (for a model whose outputs are not unit norm)")
 
 
 def _load_for_evaluation(args):
@@ -401,8 +391,6 @@ def _load_for_evaluation(args):
     from ..models import load_model
 
     dataset_spec(args.dataset)
-    if args.kmeans_restarts < 1:
-        raise RobustDMLError("--kmeans-restarts must be at least 1")
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else default_workers(device)
     return load_model(args.model, device=device), device, workers
@@ -434,13 +422,32 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _one_line_warnings() -> None:
+    """robustdml's own warnings (the pre-flight checks') as one line each on stderr, as its errors."""
+    import warnings
+
+    from ..errors import RobustDMLWarning
+    default = warnings.showwarning
+    if getattr(default, "robustdml", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RobustDMLWarning):
+            print(f"robustdml: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    show.robustdml = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     args.quiet, args.verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    _one_line_warnings()
     try:
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # under torchrun: every rank leaves together, the group closed

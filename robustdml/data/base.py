@@ -64,10 +64,11 @@ class ImageListDataset(MetricDataset):
 class TensorDataset(MetricDataset):
     """Images already in memory as a (N, C, H, W) float tensor in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, class_ids: Sequence[int], transform: Callable | None = None):
+    def __init__(self, images: torch.Tensor, class_ids: Sequence[int], transform: Callable | None = None,
+                 label_space: Sequence[int] | None = None):
         self.images = images
         self.class_ids = np.asarray(class_ids, dtype=np.int64)
-        self.labels = contiguous_labels(self.class_ids)
+        self.labels = contiguous_labels(self.class_ids, label_space)
         self.transform = transform
 
     def __len__(self) -> int:

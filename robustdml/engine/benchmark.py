@@ -28,7 +28,7 @@ import logging
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from ..evaluation.ranking import evaluate_ranking, query_subset
 from ..evaluation.robust import AttackSuite, RobustResult, eps_key, evaluate_robustness
 from ..files import write_json, write_text
 from ..models import load_model, model_info
-from .config import TrainConfig, config_from_dict, read_yaml
+from .config import TrainConfig, apply_overrides, config_from_dict, read_yaml
 from .devices import resolve_device
 from .provenance import settings_hash, software_versions
 from .trainer import TRAINING_REVISION, Trainer
@@ -51,6 +51,8 @@ from .trainer import TRAINING_REVISION, Trainer
 log = logging.getLogger(__name__)
 
 SURROGATE_SEED = 100
+SAVED = "saved"            # the backbone of a saved model's cell
+_SAVED_STAND_IN = "small-cnn"  # a backbone for the evaluation settings (and the surrogate) of saved-model cells
 TSNE_METHODS = ("standard", "eat")
 
 
@@ -74,6 +76,9 @@ class BenchmarkConfig:
     # samples, center_samples, candidates, alpha, delta, batch_size}; empty: not run
     certify: dict = field(default_factory=dict)
     base_config: str | None = None  # a training YAML the `train` keys are laid over (relative to this file)
+    # saved models evaluated beside (or instead of) the trained cells: name -> folder written by
+    # robustdml.save_model or a run directory (relative to this file); one cell per dataset and seed
+    models: dict = field(default_factory=dict)
 
     def validate(self) -> "BenchmarkConfig":
         for key, values in self.grid.items():
@@ -81,6 +86,11 @@ class BenchmarkConfig:
                 raise ConfigError(f"unknown grid key '{key}'; the grid has dataset, backbone, method, seed")
             if not isinstance(values, list):
                 raise ConfigError(f"grid key '{key}' must be a list")
+        if not isinstance(self.models, dict) or not all(isinstance(v, str) for v in self.models.values()):
+            raise ConfigError("models maps names to saved-model folders, e.g. models: {mine: models/mine}")
+        clash = set(map(str, self.grid.get("method") or [])) & set(self.models)
+        if clash:
+            raise ConfigError(f"models and the grid's methods share the name {sorted(clash)[0]!r}: rename the model")
         if self.attack_queries is not None and (not isinstance(self.attack_queries, int) or self.attack_queries < 2):
             raise ConfigError(f"attack_queries must be a whole number >= 2, got {self.attack_queries!r}")
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
@@ -129,28 +139,44 @@ class BenchmarkConfig:
         return self
 
     def cells(self) -> list[dict]:
+        """The trained cells of the grid, then one cell per saved model, dataset and seed (backbone
+        ``saved``, method the model's name)."""
         keys = ("dataset", "backbone", "method", "seed")
-        missing = [k for k in keys if not self.grid.get(k)]
+        needed = keys if self.grid.get("method") or not self.models else ("dataset", "seed")
+        missing = [k for k in needed if not self.grid.get(k)]
         if missing:
             raise ConfigError(f"benchmark grid needs a non-empty list for {', '.join(missing)}")
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        trained = ([dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+                   if self.grid.get("method") else [])
+        return trained + [{"dataset": d, "backbone": SAVED, "method": name, "seed": s}
+                          for name in self.models for d in self.grid["dataset"] for s in self.grid["seed"]]
 
     def suite(self, cfg: TrainConfig) -> AttackSuite:
         """The attack suite of a cell (its seed seeds the random starts)."""
         return AttackSuite.from_dict(self.attack, seed=cfg.seed, batch_size=cfg.eval_batch_size)
 
     def train_config(self, cell: dict) -> TrainConfig:
+        """The cell's training config; for a saved model's cell, the evaluation settings it shares
+        with the trained cells (seed, k-means runs, batch size, device, data), on a standard model."""
+        if cell["backbone"] == SAVED:
+            cell = {**cell, "backbone": (self.grid.get("backbone") or [_SAVED_STAND_IN])[0], "method": "standard"}
         data = {**self.train, **self.per_dataset.get(cell["dataset"], {}), **self.per_backbone.get(cell["backbone"], {}),
                 "dataset": cell["dataset"], "backbone": cell["backbone"], "method": cell["method"],
                 "seed": cell["seed"], "method_kwargs": dict(self.method_kwargs.get(cell["method"], {}))}
         return config_from_dict(data)
 
 
-def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
+def load_benchmark_config(path: str | Path, overrides: list[str] = ()) -> BenchmarkConfig:
+    """The benchmark config of ``path``, with ``key=value`` overrides laid over it (``attack.steps=5``,
+    ``grid.seed=[0,1]``, ``train.epochs=2``), every cell's configs validated."""
     path = Path(path)
-    cfg = config_from_dict(read_yaml(path, "benchmark config"), BenchmarkConfig)
+    data = apply_overrides(read_yaml(path, "benchmark config"), list(overrides), defaults=asdict(BenchmarkConfig()))
+    cfg = config_from_dict(data, BenchmarkConfig)
     if cfg.base_config:
         cfg.train = {**read_yaml(path.parent / cfg.base_config, f"{path}: base_config"), **cfg.train}
+    if isinstance(cfg.models, dict):
+        cfg.models = {name: str((path.parent / folder).resolve()) if isinstance(folder, str) else folder
+                      for name, folder in cfg.models.items()}
     for cell in cfg.cells():  # validate every cell's configs before any work starts
         cfg.suite(cfg.train_config(cell))
     return cfg
@@ -224,7 +250,10 @@ class Benchmark:
         """part -> {"hash", "settings"}: the full resolved settings each part of the cell runs with. A
         part's hash covers the training's too, so that a retrained model invalidates its evaluations."""
         cfg = self.cfg.train_config(cell)
-        train = {**cfg.to_dict(), "training_revision": TRAINING_REVISION}
+        if cell["backbone"] == SAVED:
+            train = {"model": self.cfg.models[cell["method"]], "files": _model_files_hash(self.cfg.models[cell["method"]])}
+        else:
+            train = {**cfg.to_dict(), "training_revision": TRAINING_REVISION}
         train_hash = settings_hash(train)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
         data = {"dataset": cfg.dataset, "root": cfg.root, "image_size": cfg.image_size, "test_images": len(query),
@@ -265,10 +294,10 @@ class Benchmark:
     def surrogate(self, cell: dict) -> Path | None:
         if not self.cfg.surrogate:
             return None
-        run = self.out / "surrogates" / f"{cell['dataset']}-{cell['backbone']}"
+        cfg = self.surrogate_config(cell)
+        run = self.out / "surrogates" / f"{cell['dataset']}-{cfg.backbone}"
         run.mkdir(parents=True, exist_ok=True)
         with _locked(run / ".lock"):  # processes sharing one --out (--only) train it once
-            cfg = self.surrogate_config(cell)
             if _config_changed(run, cfg):
                 log.info("the surrogate of %s was trained with other settings: training it again", run.name)
                 _set_aside(run, keep={".lock"})
@@ -289,7 +318,11 @@ class Benchmark:
                 result.pop(key, None)
         seconds = {}
         started = time.time()
-        if "train" in plan.run:
+        if cell["backbone"] == SAVED:
+            run = Path(self.cfg.models[cell["method"]])
+            result["config"] = plan.parts["train"]["settings"]
+            log.info("%s: the saved model %s, nothing to train", cell_name(cell), run)
+        elif "train" in plan.run:
             if plan.previous is not None or _config_changed(run, cfg):
                 _set_aside(run)  # the model of other settings: kept in previous-run/, never resumed
             trainer = Trainer(cfg, run, resume=(run / "checkpoint.pt").is_file(), progress=self.progress)
@@ -304,54 +337,68 @@ class Benchmark:
 
         device = resolve_device(cfg.device)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
+        model = load_model(run, device=device) if set(plan.run) - {"train"} else None  # once for every part
         if "attack" in plan.run:
             started = time.time()
-            result.update(self.attacked(cell, cfg, run, query, gallery, device))
+            result.update(self.attacked(cell, cfg, model, query, gallery, device))
             seconds["attack"] = round(time.time() - started, 1)
         if "ranking" in plan.run:
             started = time.time()
-            ranking = evaluate_ranking(load_model(run, device=device), query, gallery, seed=cfg.seed, device=device,
+            ranking = evaluate_ranking(model, query, gallery, seed=cfg.seed, device=device,
                                        kmeans_restarts=cfg.kmeans_restarts, progress=self.progress, **self.cfg.ranking)
             result["robrank"] = ranking.to_dict()
             seconds["ranking"] = round(time.time() - started, 1)
         if "certify" in plan.run:
             started = time.time()
-            result["certify"] = self.certified(run, query, gallery, cfg, device)
+            result["certify"] = self.certified(model, query, gallery, cfg, device)
             seconds["certify"] = round(time.time() - started, 1)
         result.update(cell=cell, parts=plan.parts, versions=software_versions(), part_seconds=seconds,
                       reused=[p for p in plan.parts if p not in plan.run],
                       provenance={"dataset": cfg.dataset, "root": cfg.root, "test_images": len(query)})
         return result
 
-    def attacked(self, cell: dict, cfg: TrainConfig, run: Path, query, gallery, device) -> dict:
+    def attacked(self, cell: dict, cfg: TrainConfig, model, query, gallery, device) -> dict:
         """The attack part: the suite on the cell's model (and the t-SNE of its worst attack)."""
         surrogate_run = self.surrogate(cell)
         attacked = query
         if self.cfg.attack_queries is not None:
             attacked = Subset(query, query_subset(len(query), self.cfg.attack_queries, cfg.seed).tolist())
         found = evaluate_robustness(
-            load_model(run, device=device), attacked, gallery, self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
+            model, attacked, gallery, self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
             ks=dataset_spec(cfg.dataset).recall_ks, device=device, kmeans_seed=cfg.seed,
             surrogate=load_model(surrogate_run, device) if surrogate_run else None,
             kmeans_restarts=cfg.kmeans_restarts, progress=self.progress)
         result = {**found.to_dict(), "main_eps_key": eps_key(found.main_eps), "test_images": len(attacked)}
-        if cell["method"] in TSNE_METHODS and cell["seed"] == min(self.cfg.grid["seed"]):
+        result.pop("schema")  # a cell holds several results: each of its nested ones names its own
+        if cell["method"] in TSNE_METHODS and cell["backbone"] != SAVED and cell["seed"] == min(self.cfg.grid["seed"]):
             result["tsne"] = tsne_points(found, seed=cfg.seed)
         return result
 
-    def certified(self, run: Path, query, gallery, cfg: TrainConfig, device) -> dict:
+    def certified(self, model, query, gallery, cfg: TrainConfig, device) -> dict:
         """The cell's center-smoothing certificates: the summary (per-image radii and centroids stay out
         of the cell's JSON; `robustdml certify` writes them)."""
         from ..evaluation.certify import certify
         queries = self.cfg.certify.get("queries")
         if queries is not None:
             query = Subset(query, query_subset(len(query), queries, cfg.seed).tolist())
-        found = certify(load_model(run, device=device), query, gallery, smoothing=self.cfg.smoothing(cfg.seed),
+        found = certify(model, query, gallery, smoothing=self.cfg.smoothing(cfg.seed),
                         radii=self.cfg.certify_radii(), device=device, kmeans_seed=cfg.seed, progress=self.progress)
         summary = found.to_dict()
         for key in ("per_image", "centroids"):
             summary.pop(key)
         return summary
+
+
+def _model_files_hash(folder: str) -> str:
+    """The hash of a saved model's files (a changed model re-runs its cell's evaluations)."""
+    import hashlib
+    from ..models.io import resolve_model_dir
+    digest = hashlib.sha256()
+    directory = resolve_model_dir(folder)
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith("model.")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _held_parts(result: dict) -> dict[str, dict]:

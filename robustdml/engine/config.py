@@ -215,3 +215,37 @@ def config_from_dict(data: dict, cls=TrainConfig):
 
 def _type_name(annotation) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def key_value(item: str) -> tuple[str, object]:
+    """``key=value`` with the value parsed as YAML (a plain string where it is not valid YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"'{item}' is not of the form key=value")
+    try:
+        return key, load_yaml(raw) if raw else None
+    except yaml.YAMLError:
+        return key, raw
+
+
+def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+    """``key=value`` pairs, values parsed as YAML (``epochs=5``, ``pretrained=false``;
+    ``loss_kwargs.margin=0.2`` sets one entry of a mapping-valued key, ``attack.steps=5`` of a
+    benchmark's section). ``defaults``: the config's own values of keys the file leaves out
+    (default: a training config's)."""
+    data = dict(data)
+    defaults = TrainConfig().to_dict() if defaults is None else defaults
+    for item in overrides:
+        key, value = key_value(item)
+        *path, last = key.split(".")
+        node, known = data, defaults
+        for i, part in enumerate(path):
+            current = node.get(part, (known or {}).get(part) if isinstance(known, dict) else None)
+            if current is None and i > 0:
+                current = {}
+            if not isinstance(current, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(path[:i + 1])}' is not a mapping-valued config key")
+            node[part] = dict(current)
+            node, known = node[part], (known or {}).get(part) if isinstance(known, dict) else None
+        node[last] = value
+    return data

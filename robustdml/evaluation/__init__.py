@@ -34,12 +34,19 @@ def evaluate_model(model: nn.Module, dataset: str, root=None, device: str | torc
                    batch_size: int = 256, image_size: int = 224, seed: int = 0, workers: int = 0,
                    progress: bool = False, restarts: int = 5) -> dict[str, float]:
     """Clean metrics of ``model`` on the test classes of ``dataset``."""
-    spec = dataset_spec(dataset)
     query_set, gallery_set = evaluation_sets(dataset, root, image_size=image_size)
+    return clean_metrics(model, query_set, gallery_set, ks=dataset_spec(dataset).recall_ks, device=device,
+                         batch_size=batch_size, seed=seed, workers=workers, progress=progress, restarts=restarts)
+
+
+def clean_metrics(model: nn.Module, query_set, gallery_set=None, *, ks=(1, 2, 4, 8), device="cpu",
+                  batch_size: int = 256, seed: int = 0, workers: int = 0, progress: bool = False,
+                  restarts: int = 5) -> dict[str, float]:
+    """Clean metrics of ``model`` on a query set and its gallery (None: leave-one-out in the queries)."""
     q, ql = embed(model, query_set, batch_size, device, workers, progress)
     g, gl = embed(model, gallery_set, batch_size, device, workers, progress) if gallery_set is not None else (None, None)
-    return evaluate_embeddings(q, ql, g, gl, ks=spec.recall_ks, seed=seed, restarts=restarts)
+    return evaluate_embeddings(q, ql, g, gl, ks=ks, seed=seed, restarts=restarts)
 
 
-__all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clustering_metrics", "retrieval_metrics",
+__all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clean_metrics", "clustering_metrics", "retrieval_metrics",
            "kmeans", "nmi", "ari", "pairwise_f1", "METRICS", "Metric", "MetricKind", "metric_names", "register_metric"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models.modes import eval_mode
 from .metrics import ari, kmeans, nmi, pairwise_f1
+from .results import schema
 
 #: the factor of the approximate center's triangle inequality (center = a sample, 2-approximate)
 RADIUS_FACTOR = 3.0
@@ -185,12 +186,33 @@ class CertifyResult:
     centroids: list = field(default_factory=list)  # the clustering whose assignments are certified
     embeddings: np.ndarray | None = field(default=None, repr=False)  # smoothed query embeddings (not saved)
     gallery: tuple | None = field(default=None, repr=False)  # (embeddings, labels, self_index) of the retrieval
+    about: dict = field(default_factory=dict)  # what was certified (dataset, queries, model), saved beside
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("embeddings")
-        out.pop("gallery")
+        out = {"schema": schema("certify"), **asdict(self)}
+        for kept_out in ("embeddings", "gallery", "about"):
+            out.pop(kept_out)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CertifyResult":
+        own = {f.name for f in fields(cls)} - {"embeddings", "gallery", "about"}
+        return cls(**{k: v for k, v in data.items() if k in own},
+                   about={k: v for k, v in data.items() if k not in own | {"schema"}})
+
+    def table(self) -> str:
+        """The fraction certified at each radius, under the abstain rate and the smoothed clean figures."""
+        lines = [f"sigma {self.sigma:g}: {self.images} images, abstain rate {self.abstained / max(self.images, 1):.3f} "
+                 f"({self.abstained} of {self.images}); smoothed clean NMI {self.clean['nmi']:.3f}, R@1 "
+                 f"{self.clean['recall@1']:.3f}; {self.seconds_per_image:.2f} s per image",
+                 f"({SMOOTHED_VS_CERTIFIED}.)", "radius (L2)   certified assignment   certified R@1"]
+        lines += [f"{r:11.4g}   {a:20.3f}   {k:13.3f}"
+                  for r, a, k in zip(self.radii, self.certified_assignment, self.certified_recall_at_1)]
+        return "\n".join(lines)
+
+    def save(self, path) -> None:
+        from ..files import write_json
+        write_json(path, {**self.to_dict(), **self.about})
 
 
 def default_radii(sigma: float) -> list[float]:

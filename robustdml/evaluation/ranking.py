@@ -11,7 +11,7 @@ test images, all of them or a seeded subsample (``queries``) to bound CPU runs.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from ..registry import check_options
 from .checks import es_start_check
 from .embed import embed
 from .metrics import clustering_metrics, kmeans, nmi, retrieval_metrics
+from .results import schema
 
 #: RobRank's published Fashion-MNIST rows (its doc/dmltab-fashion.txt; C2F2, triplet ``ptripletN``,
 #: rob28): clean R@1 and NMI, then its ten columns; ERS follows from the columns by :func:`ers`.
@@ -62,9 +63,26 @@ class RankingResult:
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
     checks: dict = field(default_factory=dict)
+    about: dict = field(default_factory=dict)  # what was evaluated (dataset, model), saved beside the numbers
 
     def to_dict(self) -> dict:
-        return {"suite": "robrank", **asdict(self), "seconds": round(self.seconds, 1)}
+        out = {"schema": schema("ranking"), "suite": "robrank", **asdict(self), "seconds": round(self.seconds, 1)}
+        out.pop("about")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RankingResult":
+        own = {f.name for f in fields(cls)} - {"about"}
+        return cls(**{k: v for k, v in data.items() if k in own},
+                   about={k: v for k, v in data.items() if k not in own | {"schema", "suite"}})
+
+    def table(self) -> str:
+        """RobRank's table: the ten columns after the attacks, their clean values and the ERS."""
+        return ranking_table(self.to_dict())
+
+    def save(self, path) -> None:
+        from ..files import write_json
+        write_json(path, {**self.to_dict(), **self.about})
 
 
 def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:

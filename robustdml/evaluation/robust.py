@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..attacks import ATTACKS, Attack, AttackContext, ThreatModel
+from ..attacks import ATTACKS, Attack, AttackContext, ThreatModel, check_eps, parse_eps
 from ..attacks.base import CleanPool
 from ..data import IndexedDataset
 from ..errors import ConfigError
@@ -32,6 +32,7 @@ from . import checks as honest
 from . import combine
 from .embed import embed
 from .metrics import clustering_metrics, kmeans, metric_names, retrieval_metrics, worse
+from .results import schema
 from .suite import AttackSpec, AttackSuite
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,41 @@ class RobustResult:
     labels: np.ndarray              # (N,)
     convergence: dict = field(default_factory=dict)
     seconds: float = 0.0
+    about: dict = field(default_factory=dict)  # what was evaluated: dataset, test images, model (saved beside)
 
     def to_dict(self) -> dict:
         """The JSON form: numbers only, no tensors."""
-        return {"clean": self.clean, "attacks": self.attacks, "worst": self.worst, "worst_attack": self.worst_attack,
-                "settings": self.settings, "checks": self.checks, "convergence": self.convergence,
-                "seconds": round(self.seconds, 1)}
+        return {"schema": schema("robust"), "clean": self.clean, "attacks": self.attacks, "worst": self.worst,
+                "worst_attack": self.worst_attack, "settings": self.settings, "checks": self.checks,
+                "convergence": self.convergence, "seconds": round(self.seconds, 1)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RobustResult":
+        """A result read back from its JSON form (no embeddings or images: tables and plots, not t-SNE)."""
+        own = ("schema", "clean", "attacks", "worst", "worst_attack", "settings", "checks", "convergence", "seconds")
+        return cls(data["clean"], data["attacks"], data["worst"], data["worst_attack"], data["checks"],
+                   data["settings"], float(data["settings"]["main_eps"]), Sample(), torch.zeros(0, 0),
+                   np.zeros(0, dtype=np.int64), data.get("convergence", {}), float(data.get("seconds", 0.0)),
+                   {k: v for k, v in data.items() if k not in own})
+
+    @property
+    def test_images(self) -> int:
+        return int(self.about.get("test_images", len(self.labels)))
+
+    def table(self) -> str:
+        """The metrics table under the suite's line, upper bounds marked, and the checks' states."""
+        from ..reporting.robust import robust_summary
+        return robust_summary(self)
+
+    def plot(self, directory) -> list:
+        """Metrics against eps, the worst attack's adversarial examples and the convergence curves, as PNGs."""
+        from ..reporting.robust import robust_plots
+        return robust_plots(self, directory)
+
+    def save(self, path) -> None:
+        """The JSON form and what was evaluated (``about``), written atomically."""
+        from ..files import write_json
+        write_json(path, {**self.to_dict(), **self.about})
 
 
 class _TestPool:
@@ -257,7 +287,7 @@ class _SuiteRun:
 
 
 def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None,
-                        suite: AttackSuite | None = None, *, threat: ThreatModel, ks=(1, 2, 4, 8),
+                        suite: AttackSuite | None = None, *, threat: ThreatModel | float | str, ks=(1, 2, 4, 8),
                         device: str | torch.device = "cpu", surrogate: nn.Module | None = None, kmeans_seed: int = 0,
                         kmeans_restarts: int = 5, checks: bool | None = None, samples: int = 8, workers: int = 0,
                         progress: bool = False) -> RobustResult:
@@ -266,7 +296,8 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
 
     Args:
         query_set, gallery_set: the test sets (``gallery_set=None``: leave-one-out retrieval in the query set).
-        threat: the dataset's threat model (default eps and norm, the main eps of the report).
+        threat: the dataset's threat model (default eps and norm, the main eps of the report), or
+            its L∞ eps (``0.1``, ``"8/255"``).
         surrogate: a separate model for the transfer attack (without it, transfer is skipped).
         samples: images kept for the picture of the attack with the worst NMI at the main eps.
 
@@ -276,6 +307,8 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset, gallery_set: Datas
     """
     start = time.time()
     suite = suite or AttackSuite("strong")
+    if not isinstance(threat, ThreatModel):
+        threat = ThreatModel(check_eps(parse_eps(threat, "threat")))
     specs = suite.specs()
     if surrogate is None and any(s.attack == "transfer" for s in specs):
         log.warning("no surrogate model given: the transfer attack and its check are skipped")
@@ -361,6 +394,8 @@ def run_checks(run: _SuiteRun, results: dict, worst: dict, keys: list[str], main
                          ("member_transfer_not_stronger", [a for a in others if a.startswith("member")])):
         if group or check == "transfer_not_stronger":
             found[check] = honest.not_stronger_than_white_box(results, keys, gradient, group, check)
+    if not any(s.attack == "transfer" for s in run.suite.specs()):  # skipped for want of the attack, not of a surrogate
+        found["transfer_not_stronger"]["note"] = "the suite has no transfer attack"
     return found, convergence
 def worst_case(results: dict[str, dict[str, dict]], keys: list[str]) -> tuple[dict, dict]:
     """Per eps key and metric: the value worst for the defender over the attacks run at that eps,

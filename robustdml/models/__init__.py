@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .backbones import BACKBONES, is_backbone, register_backbone
 from .embedding import EmbeddingNet, EnsembleNet, ModelSpec, Normalize
+from .exported import ExportedModel
 from .io import load_model, model_info, save_model
 
 
@@ -20,4 +21,4 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs) -> Embeddi
 
 
 __all__ = ["BACKBONES", "is_backbone", "register_backbone", "EmbeddingNet", "EnsembleNet", "ModelSpec", "Normalize",
-           "create_model", "load_model", "model_info", "save_model"]
+           "ExportedModel", "create_model", "load_model", "model_info", "save_model"]

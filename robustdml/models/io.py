@@ -1,5 +1,6 @@
-"""Saving and loading models as safetensors weights + a JSON description. Loading parses only
-tensors and JSON: nothing in a model file can run code."""
+"""Saving and loading models: robustdml's own as safetensors weights + a JSON description of the
+architecture, any other module as an exported program (:mod:`robustdml.models.exported`) + the same
+JSON file. Loading parses only tensors, JSON and operator graphs: nothing in a model file can run code."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ..files import atomic_path, write_json
 from .embedding import EmbeddingNet, EnsembleNet, ModelSpec
+from .exported import PROGRAM, ExportedModel, export_program, load_program, save_program
+from .modes import eval_mode
 
 FORMAT = "robustdml-model"
 VERSION = 1
@@ -62,13 +65,42 @@ def _check_keys(d: dict, allowed: set[str], where: str, required: bool = True) -
         raise ModelFileError(f"{where}: missing field(s) {', '.join(sorted(missing))}")
 
 
-def save_model(model: nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (each atomically)."""
+def save_model(model: nn.Module, directory: str | Path, extra: dict | None = None, *,
+               example_input: torch.Tensor | None = None, dataset: str | None = None) -> Path:
+    """Write ``model`` into ``directory`` (each file atomically): ``model.json`` and the weights
+    (``model.safetensors``) of a robustdml model, or, for any other module, the program exported
+    from it (``model.pt2``; ``example_input`` is a batch of its input, e.g. ``torch.rand(2, 1, 28, 28)``).
+    ``dataset`` records the data the model is meant for: evaluating it on other data then needs
+    ``--dataset-mismatch-ok``.
+
+    Example:
+        >>> robustdml.save_model(my_net, "models/mine", example_input=torch.rand(2, 1, 8, 8), dataset="digits")
+        >>> robustdml.load_model("models/mine")   # reads it back without unpickling anything
+    """
     directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    write_json(directory / CONFIG, {"format": FORMAT, "version": VERSION, "model": describe(model), **(extra or {})})
+    extra = dict(extra or {})
+    if isinstance(model, (EmbeddingNet, EnsembleNet)):
+        description = describe(model)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(state, str(tmp))
+        shape = list(example_input.shape[1:]) if example_input is not None else None
+    else:
+        if example_input is None:
+            raise ConfigError(f"save_model of a {type(model).__name__} (not built by robustdml) needs example_input=, "
+                              "a batch of its input such as torch.rand(2, 3, 224, 224)")
+        program = export_program(model, example_input)
+        with torch.no_grad(), eval_mode(model):
+            size = int(model(example_input[:1].to(next(iter(model.parameters()), example_input).device)).shape[-1])
+        shape = list(example_input.shape[1:])
+        description = {"kind": "exported", "program": PROGRAM, "input_shape": shape, "value_range": [0.0, 1.0],
+                       "embedding_size": size, "module": type(model).__name__}
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / PROGRAM) as tmp:
+            save_program(program, tmp)
+    if dataset is not None:
+        extra["trained_on"] = {"dataset": dataset, "input_shape": shape}
+    write_json(directory / CONFIG, {"format": FORMAT, "version": VERSION, "model": description, **extra})
     return directory
 
 
@@ -114,7 +146,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         raise ModelFileError(f"{config_path} is not a robustdml model description (format != {FORMAT!r})")
     if config.get("version") != VERSION:
         raise ModelFileError(f"{config_path} has version {config.get('version')!r}; this robustdml reads version {VERSION}")
-    model = build(config.get("model"), where=str(config_path))
+    description = config.get("model")
+    if isinstance(description, dict) and description.get("kind") == "exported":
+        return _load_exported(description, directory, str(config_path), device)
+    model = build(description, where=str(config_path))
     if not weights_path.is_file():
         raise ModelFileError(f"{weights_path} is missing")
     try:
@@ -130,3 +165,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
                              + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _load_exported(desc: dict, directory: Path, where: str, device) -> ExportedModel:
+    _check_keys(desc, {"kind", "program", "input_shape", "value_range", "embedding_size", "module"}, where)
+    shape = desc["input_shape"]
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise ModelFileError(f"{where}: input_shape must be a list of positive sizes, got {shape!r}")
+    if desc["program"] != PROGRAM:
+        raise ModelFileError(f"{where}: the program file must be {PROGRAM}, not {desc['program']!r}")
+    path = directory / PROGRAM
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing")
+    return load_program(path, shape, device).eval()

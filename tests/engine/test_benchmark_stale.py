@@ -103,3 +103,20 @@ def test_reuse_stale_keeps_and_marks(_first_run):
     # a later run without the flag brings it up to date
     assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "updated"}
     assert "stale" not in _cell(out)
+
+
+def test_a_cell_loads_its_model_once_for_every_part(_first_run, monkeypatch):
+    """attack, ranking and certify re-run on the trained model: one load of it, not one per part."""
+    import robustdml.engine.benchmark as benchmark
+
+    config, out = _first_run()
+    _edit(config, lambda c: c.update(attack={**c["attack"], "steps": 3}, ranking={"queries": 4},
+                                     certify={"sigma": 0.25, "queries": 3, "samples": 100, "center_samples": 100,
+                                              "alpha": 0.2, "delta": 0.2, "radii": [0.0]}))
+    loads = []
+    real = benchmark.load_model
+    monkeypatch.setattr(benchmark, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "updated"}
+    assert len(loads) == 1
+    cell = _cell(out)
+    assert "robrank" in cell and "certify" in cell and cell["part_seconds"]["train"] < 5
