@@ -228,3 +228,15 @@ def test_budgets_that_cannot_be_meant_are_refused():
     with pytest.raises(ConfigError, match="L2 budgets"):
         AttackSuite(["noise"], norm="l2").eps_values(ThreatModel(0.1))
     assert AttackSuite(["noise"], norm="l2", eps=[2.0]).eps_values(ThreatModel(0.1)) == [2.0]  # L2 may exceed 1
+
+
+def test_top_level_help_and_version_do_not_import_torch():
+    """`robustdml --help` answers without the heavy imports (each command builds only its own options)."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom robustdml.cli.main import main\nfor argv in (['--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "attack" in done.stdout and "robustdml 0.1.0" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "False"
