@@ -105,6 +105,7 @@ def test_reuse_stale_keeps_and_marks(_first_run):
     assert "stale" not in _cell(out)
 
 
+@pytest.mark.slow  # RobRank's nine attacks and the certificates on top of the attack: ~30 s on 2 cores
 def test_a_cell_loads_its_model_once_for_every_part(_first_run, monkeypatch):
     """attack, ranking and certify re-run on the trained model: one load of it, not one per part."""
     import robustdml.engine.benchmark as benchmark
