@@ -43,8 +43,9 @@ class ExportedModel(nn.Module):
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor):
-    """``model`` exported in eval mode for batches of any size, checked against the module on the
-    example (the same embeddings to float tolerance), or a one-line error saying what went wrong."""
+    """(``model`` exported in eval mode for batches of any size, its embedding size), the program
+    checked against the module on the example (the same embeddings to float tolerance), or a
+    one-line error saying what went wrong."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"save_model needs a torch.nn.Module, not {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
@@ -66,7 +67,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor):
     if not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
         raise ConfigError(f"the exported {type(model).__name__} does not reproduce the module's output on the "
                           f"example (max difference {(expected - got).abs().max().item():.3g})")
-    return program
+    return program, int(expected.shape[-1])
 
 
 def save_program(program, path: Path) -> None:

@@ -17,7 +17,6 @@ from ..errors import ConfigError, ModelFileError
 from ..files import atomic_path, write_json
 from .embedding import EmbeddingNet, EnsembleNet, ModelSpec
 from .exported import PROGRAM, ExportedModel, export_program, load_program, save_program
-from .modes import eval_mode
 
 FORMAT = "robustdml-model"
 VERSION = 1
@@ -89,9 +88,7 @@ def save_model(model: nn.Module, directory: str | Path, extra: dict | None = Non
         if example_input is None:
             raise ConfigError(f"save_model of a {type(model).__name__} (not built by robustdml) needs example_input=, "
                               "a batch of its input such as torch.rand(2, 3, 224, 224)")
-        program = export_program(model, example_input)
-        with torch.no_grad(), eval_mode(model):
-            size = int(model(example_input[:1].to(next(iter(model.parameters()), example_input).device)).shape[-1])
+        program, size = export_program(model, example_input)
         shape = list(example_input.shape[1:])
         description = {"kind": "exported", "program": PROGRAM, "input_shape": shape, "value_range": [0.0, 1.0],
                        "embedding_size": size, "module": type(model).__name__}
