@@ -393,10 +393,17 @@ def run_checks(run: _SuiteRun, results: dict, worst: dict, keys: list[str], main
                          ("square_not_stronger", [a for a in others if run.specs[a].optimizer == "square"]),
                          ("member_transfer_not_stronger", [a for a in others if a.startswith("member")])):
         if group or check == "transfer_not_stronger":
-            found[check] = honest.not_stronger_than_white_box(results, keys, gradient, group, check)
-    if not any(s.attack == "transfer" for s in run.suite.specs()):  # skipped for want of the attack, not of a surrogate
-        found["transfer_not_stronger"]["note"] = "the suite has no transfer attack"
+            found[check] = honest.not_stronger_than_white_box(results, keys, gradient, group, check,
+                                                              absent=_why_nothing_to_compare(run, check))
     return found, convergence
+def _why_nothing_to_compare(run: _SuiteRun, check: str) -> str:
+    if check != "transfer_not_stronger":
+        return "nothing to compare"
+    if any(s.attack == "transfer" for s in run.suite.specs()):
+        return "no surrogate model given (--surrogate)"
+    return "the suite has no transfer attack"
+
+
 def worst_case(results: dict[str, dict[str, dict]], keys: list[str]) -> tuple[dict, dict]:
     """Per eps key and metric: the value worst for the defender over the attacks run at that eps,
     and which attack gave it."""
