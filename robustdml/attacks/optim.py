@@ -14,8 +14,9 @@
   published one; the L2 version is a simplified one (a new random bump in the square, the whole
   perturbation rescaled to the L2 radius) — see docs/design-choices.md.
 
-Both gradient optimisers are one loop, :func:`gradient_ascent`; each step costs one forward and
-one backward pass through the model, plus element-wise bookkeeping.
+Both gradient optimisers are one loop, :func:`gradient_ascent`, the only place robustdml takes
+gradients with respect to inputs; each step costs one forward and one backward pass through the
+model, plus element-wise bookkeeping.
 """
 
 from __future__ import annotations
@@ -89,9 +90,23 @@ def _ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
 
 
 def gradient_ascent(objective: Objective, x: torch.Tensor, delta: torch.Tensor, eps: float, norm: Norm, steps: int,
-                    step_size: float, adaptive: bool = False, trace: Tracer | None = None) -> torch.Tensor:
+                    step_size: float, adaptive: bool = False, trace: Tracer | None = None,
+                    stop_when_flat: bool = False) -> torch.Tensor:
     """Maximise ``objective(x + delta)`` over the ball: PGD (``adaptive=False``, fixed ``step_size``,
-    the last iterate) or APGD (``adaptive=True``, ``step_size`` the initial one, the best point)."""
+    the last iterate) or APGD (``adaptive=True``, ``step_size`` the initial one, the best point).
+
+    The one gradient loop of robustdml: the evaluation's attacks, every training adversary and the
+    certificates' EOT attack run it. ``objective`` returns per-sample (or per-row) values whose sum
+    is ascended. ``stop_when_flat`` (PGD): stop once that sum changes by less than 1e-7 between two
+    steps (RobRank's hardness manipulation does)."""
+    step = _gradient_step(objective, x)
+    if not adaptive:
+        return _pgd(step, x, delta, eps, norm, steps, step_size, trace, stop_when_flat)
+    return _apgd(step, objective, x, delta, eps, norm, steps, step_size, trace)
+
+
+def _gradient_step(objective: Objective, x: torch.Tensor):
+    """(objective values, gradient of their sum) at a perturbation: the only input-gradient of robustdml."""
     def value_and_grad(d):
         d = d.detach().requires_grad_(True)
         value = objective(x + d)
@@ -99,15 +114,27 @@ def gradient_ascent(objective: Objective, x: torch.Tensor, delta: torch.Tensor, 
         # ones, and the beats-noise check says so, rather than a crash
         (grad,) = torch.autograd.grad(value.sum(), d, allow_unused=True) if value.requires_grad else (None,)
         return value.detach(), torch.zeros_like(d) if grad is None else grad
+    return value_and_grad
 
-    if not adaptive:
-        for i in range(steps):
-            _, grad = value_and_grad(delta)
-            delta = project(x, delta + step_size * _ascent_direction(grad, norm), eps, norm)
-            if trace:
-                trace(i + 1, delta)
-        return delta
 
+def _pgd(value_and_grad, x, delta, eps: float, norm: Norm, steps: int, step_size: float, trace: Tracer | None,
+         stop_when_flat: bool) -> torch.Tensor:
+    previous = None
+    for i in range(steps):
+        value, grad = value_and_grad(delta)
+        delta = project(x, delta + step_size * _ascent_direction(grad, norm), eps, norm)
+        if trace:
+            trace(i + 1, delta)
+        if stop_when_flat:
+            current = float(value.sum())
+            if previous is not None and abs(current - previous) < 1e-7:
+                break
+            previous = current
+    return delta
+
+
+def _apgd(value_and_grad, objective: Objective, x, delta, eps: float, norm: Norm, steps: int, step_size: float,
+          trace: Tracer | None) -> torch.Tensor:
     checkpoints = set(apgd_checkpoints(steps))
     eta = torch.full((len(x),), float(step_size), device=x.device)
     value, grad = value_and_grad(delta)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import Norm, ThreatModel, check_eps, parse_eps
-from ..attacks.optim import project
+from ..attacks.optim import gradient_ascent
 from ..errors import ConfigError
 from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
 from ..models.modes import eval_mode
@@ -70,18 +70,9 @@ class RankingAdversary:
         x = images.detach()
         if self.bound_eps == 0:
             return x
-        delta, previous = torch.zeros_like(x), None
         with eval_mode(model):
-            for _ in range(self.steps):
-                d = delta.requires_grad_(True)
-                value = objective(model(x + d)).sum()
-                (grad,) = torch.autograd.grad(value, d)
-                delta = project(x, delta.detach() + self.step * grad.sign(), self.bound_eps, Norm.LINF)
-                if stop_when_flat:
-                    current = float(value.detach())
-                    if previous is not None and abs(current - previous) < 1e-7:
-                        break
-                    previous = current
+            delta = gradient_ascent(lambda adversarial: objective(model(adversarial)), x, torch.zeros_like(x),
+                                    self.bound_eps, Norm.LINF, self.steps, self.step, stop_when_flat=stop_when_flat)
         return (x + delta).detach()
 
 
