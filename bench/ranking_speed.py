@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from robustdml.attacks import AttackContext, create_attack
-from robustdml.attacks.ranking import PROFILES, RANKING_ATTACKS
+from robustdml.attacks.ranking import PROFILES, ranking_attacks
 from robustdml.models import create_model
 
 from common import compare, line
@@ -35,7 +35,7 @@ def run(device: torch.device, batch: int = 32, database: int = 10_000) -> tuple[
     gallery_labels = torch.randint(10, (database,))
     profile = PROFILES["rob28"]
     attacks = [create_attack(name, profile["eps"], steps=profile["steps"], step_size=profile["step_size"])
-               for name in RANKING_ATTACKS]
+               for name in ranking_attacks()]
     context = AttackContext(labels=torch.randint(10, (batch,)), gallery=gallery, gallery_labels=gallery_labels,
                             self_index=torch.arange(batch), targets=torch.randint(database, (batch,)))
     with torch.no_grad():

@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "evaluate": "api", "evaluate_ranking": "api", "certify": "api",
     "create_model": "models", "load_model": "models", "save_model": "models",
-    "load_result": "evaluation.results", "AttackSuite": "evaluation.suite", "RobustResult": "evaluation.robust",
+    "load_result": "evaluation.results", "AttackSuite": "evaluation.suite", "RobustResult": "evaluation.results",
+    "EvaluationSession": "evaluation.session", "EvalSettings": "evaluation.session",
 }
 __all__ = ["RobustDMLError", "RobustDMLWarning", "__version__", *_LAZY]
 

@@ -30,6 +30,7 @@ from .evaluation.certify import CertifyResult, Smoothing, certify as _certify, d
 from .evaluation.preflight import check_images, preflight
 from .evaluation.ranking import RankingResult, evaluate_ranking as _evaluate_ranking, query_subset
 from .evaluation.robust import RobustResult, evaluate_robustness
+from .evaluation.session import EvalSettings, EvaluationSession
 from .evaluation.suite import AttackSuite
 
 DEFAULT_KS = (1, 2, 4, 8)
@@ -184,9 +185,11 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
                        attack_kwargs=attack_kwargs)
     threat = threat_of(test, suite)
     model, device, workers = checked_model(model, test, device, normalize, workers)
-    found = evaluate_robustness(model, test.query, test.gallery, suite, threat=threat, ks=test.ks, device=device,
-                                surrogate=_surrogate(surrogate, device), kmeans_seed=seed,
-                                kmeans_restarts=kmeans_restarts, checks=checks, workers=workers, progress=progress)
+    session = EvaluationSession(model, test.query, test.gallery, EvalSettings(
+        seed=seed, kmeans_restarts=kmeans_restarts, batch_size=suite.batch_size, ks=test.ks, device=device,
+        workers=workers, progress=progress))
+    found = evaluate_robustness(model, suite=suite, threat=threat, surrogate=_surrogate(surrogate, device),
+                                checks=checks, session=session)
     found.about = {"dataset": test.name, "test_images": len(test.query)}
     return found
 
@@ -201,9 +204,11 @@ def evaluate_ranking(model: nn.Module, data, *, gallery=None, root=None, profile
     test = resolve_data(data, gallery, root, image_size)
     model, device, workers = checked_model(model, test, device, normalize, workers)
     profile = profile or ("rob28" if test.image_shape[-1] <= 32 else "rob224")
-    found = _evaluate_ranking(model, test.query, test.gallery, profile=profile, queries=queries, seed=seed,
-                              attacks=attacks, attack_kwargs=attack_kwargs, device=device, batch_size=batch_size,
-                              workers=workers, kmeans_restarts=kmeans_restarts, progress=progress)
+    session = EvaluationSession(model, test.query, test.gallery, EvalSettings(
+        seed=seed, kmeans_restarts=kmeans_restarts, batch_size=batch_size, ks=test.ks, device=device, workers=workers,
+        progress=progress))
+    found = _evaluate_ranking(model, profile=profile, queries=queries, seed=seed, attacks=attacks,
+                              attack_kwargs=attack_kwargs, batch_size=batch_size, session=session)
     found.about = {"dataset": test.name}
     return found
 

@@ -20,14 +20,15 @@ from robustdml.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 TOYS = {"toy_attack": (ATTACKS, "toy-one-step"), "toy_method": (METHODS, "toy-noisy-gain"),
-        "toy_dataset": (DATASETS, "toy-blobs"), "toy_metric": (METRICS, "purity")}
+        "toy_dataset": (DATASETS, "toy-blobs"), "toy_metric": (METRICS, "purity"),
+        "toy_retrieval_metric": (METRICS, "r-precision")}
 TRAIN = ["dataset=toy-blobs", "method=toy-noisy-gain", "embedding_dim=16", "batch_size=32", "lr=0.001",
          "select_metric=purity", "robust_eval_size=64", "robust_eval_steps=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def toys():
-    """Import the four files (which registers them) and unregister them afterwards, so the rest of
+    """Import the five files (which registers them) and unregister them afterwards, so the rest of
     the suite sees the package's own registries."""
     for module, (registry, name) in TOYS.items():
         loaded = importlib.import_module(f"extensions.{module}")
@@ -66,8 +67,20 @@ def test_evaluate_reports_the_new_metric(run, tmp_path, capsys):
     out, _ = run
     assert main(["evaluate", str(out), "--dataset", "toy-blobs", "--json", str(tmp_path / "e.json"), "-q"]) == 0
     clean = json.loads((tmp_path / "e.json").read_text())["clean"]
-    assert set(clean) >= {"nmi", "f1", "ari", "purity", "recall@1", "recall@2", "map@r"}
+    assert set(clean) >= {"nmi", "f1", "ari", "purity", "recall@1", "recall@2", "map@r", "r-precision"}
+    assert 0 < clean["r-precision"] <= 1
     assert "purity" in capsys.readouterr().out
+
+
+def test_certify_reports_the_new_metrics(run, tmp_path):
+    """A registered metric, clustering or retrieval, reaches the certificates' smoothed clean figures."""
+    out, _ = run
+    path = tmp_path / "c.json"
+    assert main(["certify", str(out), "--dataset", "toy-blobs", "--sigma", "0.25", "--queries", "12", "--samples", "100",
+                 "--center-samples", "100", "--alpha", "0.2", "--delta", "0.2", "--radii", "0", "--json", str(path),
+                 "-q"]) == 0
+    clean = json.loads(path.read_text())["clean"]
+    assert 0 <= clean["purity"] <= 1 and 0 <= clean["r-precision"] <= 1
 
 
 def test_attack_runs_the_new_attack_with_its_own_option(run, tmp_path):
@@ -81,7 +94,7 @@ def test_attack_runs_the_new_attack_with_its_own_option(run, tmp_path):
         result = json.loads(path.read_text())
         assert set(result["attacks"]) == {"toy-one-step", "noise"}
         assert result["settings"]["attack_kwargs"] == {"toy-one-step": {"scale": scale}}
-        assert "purity" in result["worst"]["0.1"]
+        assert "purity" in result["worst"]["0.1"] and "r-precision" in result["worst"]["0.1"]
         worst[scale] = result["attacks"]["toy-one-step"]["0.1"]
     assert worst[0.25] != worst[1.0]  # the option reached the attack
 
@@ -108,5 +121,6 @@ def test_benchmark_grid_and_report_with_every_extension(tmp_path, capsys):
     assert main(["benchmark", "--config", str(path), "--out", str(tmp_path / "bench"), "-q"]) == 0
     report = (tmp_path / "bench" / "report.md").read_text()
     assert "toy-noisy-gain" in report and "clean purity" in report and "adv purity" in report
+    assert "clean r-precision" in report and "adv r-precision" in report
     cell = json.loads((tmp_path / "bench" / "cells" / "toy-blobs-small-cnn-toy-noisy-gain-s0" / "result.json").read_text())
     assert cell["status"] == "ok" and "toy-one-step" in cell["attacks"]

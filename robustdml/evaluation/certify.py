@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models.modes import eval_mode
-from .metrics import ari, kmeans, nmi, pairwise_f1
-from .results import schema
+from .metrics import cluster_scores, kmeans, retrieval_metrics
+from .results import SMOOTHED_VS_CERTIFIED, CertifyResult  # noqa: F401  (re-exported)
+from .session import EvaluationSession
 
 #: the factor of the approximate center's triangle inequality (center = a sample, 2-approximate)
 RADIUS_FACTOR = 3.0
@@ -169,52 +170,6 @@ def retrieval_margin(queries: np.ndarray, labels: np.ndarray, gallery: np.ndarra
     return d_pos < d_neg, (d_neg - d_pos) / 2
 
 
-@dataclass
-class CertifyResult:
-    sigma: float
-    radii: list[float]
-    settings: dict
-    images: int
-    abstained: int
-    clean: dict                       # the smoothed model's clean metrics (non-abstaining images clustered with the rest)
-    certified_assignment: list[float]  # fraction of images whose assignment is certified, per radius
-    certified_recall_at_1: list[float]  # fraction whose R@1 answer is correct and certified, per radius
-    # per image: its certified radii (-1 = abstained), its assignment and label, the output ball R at
-    # each radius (None = abstained) and the two margins the ball must stay inside
-    per_image: dict = field(default_factory=dict)
-    seconds_per_image: float = 0.0
-    centroids: list = field(default_factory=list)  # the clustering whose assignments are certified
-    embeddings: np.ndarray | None = field(default=None, repr=False)  # smoothed query embeddings (not saved)
-    gallery: tuple | None = field(default=None, repr=False)  # (embeddings, labels, self_index) of the retrieval
-    about: dict = field(default_factory=dict)  # what was certified (dataset, queries, model), saved beside
-
-    def to_dict(self) -> dict:
-        out = {"schema": schema("certify"), **asdict(self)}
-        for kept_out in ("embeddings", "gallery", "about"):
-            out.pop(kept_out)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CertifyResult":
-        own = {f.name for f in fields(cls)} - {"embeddings", "gallery", "about"}
-        return cls(**{k: v for k, v in data.items() if k in own},
-                   about={k: v for k, v in data.items() if k not in own | {"schema"}})
-
-    def table(self) -> str:
-        """The fraction certified at each radius, under the abstain rate and the smoothed clean figures."""
-        lines = [f"sigma {self.sigma:g}: {self.images} images, abstain rate {self.abstained / max(self.images, 1):.3f} "
-                 f"({self.abstained} of {self.images}); smoothed clean NMI {self.clean['nmi']:.3f}, R@1 "
-                 f"{self.clean['recall@1']:.3f}; {self.seconds_per_image:.2f} s per image",
-                 f"({SMOOTHED_VS_CERTIFIED}.)", "radius (L2)   certified assignment   certified R@1"]
-        lines += [f"{r:11.4g}   {a:20.3f}   {k:13.3f}"
-                  for r, a, k in zip(self.radii, self.certified_assignment, self.certified_recall_at_1)]
-        return "\n".join(lines)
-
-    def save(self, path) -> None:
-        from ..files import write_json
-        write_json(path, {**self.to_dict(), **self.about})
-
-
 def default_radii(sigma: float) -> list[float]:
     """The radii certified when none are asked for: 0, 1/4, 1/2, 3/4 and 1 x sigma."""
     return [round(sigma * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
@@ -240,58 +195,41 @@ def _finite(value) -> float | None:
     return round(float(value), 5) if np.isfinite(value) else None
 
 
-def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *, smoothing: Smoothing,
-            radii: list[float], device: str | torch.device = "cpu", kmeans_seed: int = 0,
-            progress: bool = False) -> CertifyResult:
+def certify(model: nn.Module, query_set: Dataset | None = None, gallery_set: Dataset | None = None, *,
+            smoothing: Smoothing, radii: list[float], device: str | torch.device = "cpu", kmeans_seed: int = 0,
+            progress: bool = False, session: EvaluationSession | None = None) -> CertifyResult:
     """Center-smoothing certificates of every image of ``query_set`` (see the module doc).
-    ``gallery_set=None``: leave-one-out retrieval within the query set."""
+    ``gallery_set=None``: leave-one-out retrieval within the query set. ``session``: an
+    :class:`EvaluationSession` on the model and test data (its model, data, device, seed and
+    progress are then used)."""
+    if session is not None:
+        model, query_set, gallery_set = session.model, session.query_set, session.gallery_set
+        device, kmeans_seed, progress = session.device, session.settings.seed, session.settings.progress
     radii = check_radii(radii, smoothing)
     device = torch.device(device)
     start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(smoothing.seed)
-
-    def smooth_all(dataset, with_radii):
-        """Each image read once: (centers, labels, checks passed, R per radius)."""
-        centers, labels, goods, out = [], [], [], []
-        for i in tqdm(range(len(dataset)), disable=not progress, desc="certify" if with_radii else "gallery"):
-            image, label = dataset[i]
-            x = image.to(device)
-            center, good = smoothed_center(model, x, smoothing, generator)
-            centers.append(center.cpu())
-            labels.append(int(label))
-            goods.append(good)
-            if with_radii:
-                out.append(output_radii(model, x, center, radii, smoothing, generator) if good
-                           else np.full(len(radii), np.inf))
-        return torch.stack(centers).numpy(), np.array(labels), np.array(goods), np.array(out)
-
     with eval_mode(model):
-        z, labels, good, big_r = smooth_all(query_set, True)
+        z, labels, good, big_r = _smooth_all(model, query_set, smoothing, generator, device, radii, progress)
         if gallery_set is None:
             gz, gl, self_index = z, labels, np.arange(len(z))
         else:
-            gz, gl, _, _ = smooth_all(gallery_set, False)
+            gz, gl, _, _ = _smooth_all(model, gallery_set, smoothing, generator, device, None, progress)
             self_index = None
     clusters, centroids = kmeans(z, int(len(np.unique(labels))), seed=kmeans_seed)
     assign, cell_margin = voronoi_margin(z, centroids)
     correct, answer_margin = retrieval_margin(z, labels, gz, gl, self_index)
     assignment_ok = good[:, None] & (big_r < cell_margin[:, None])
     recall_ok = good[:, None] & correct[:, None] & (big_r < answer_margin[:, None])
-
-    def radius_of(ok):
-        # R(ε) grows with ε, so each row certifies a prefix of the grid: its largest certified radius
-        count = ok.sum(1)
-        largest = np.where(count > 0, np.array(radii)[np.maximum(count - 1, 0)], 0.0)
-        return np.where(good, largest, -1.0)
-
-    clean = {"nmi": nmi(labels, clusters), "f1": pairwise_f1(labels, clusters), "ari": ari(labels, clusters),
+    clean = {**cluster_scores(labels, clusters), **_retrieval_scores(z, labels, gz, gl, gallery_set is None),
              "recall@1": float(correct.mean()), "abstain_rate": float(1 - good.mean())}
     elapsed = time.perf_counter() - start
     return CertifyResult(
         sigma=smoothing.sigma, radii=radii, settings=asdict(smoothing), images=len(z), abstained=int((~good).sum()),
         clean=clean, certified_assignment=[float(v) for v in assignment_ok.mean(0)],
         certified_recall_at_1=[float(v) for v in recall_ok.mean(0)],
-        per_image={"assignment_radius": radius_of(assignment_ok).tolist(), "recall_radius": radius_of(recall_ok).tolist(),
+        per_image={"assignment_radius": _radius_of(assignment_ok, good, radii).tolist(),
+                   "recall_radius": _radius_of(recall_ok, good, radii).tolist(),
                    "assignment": assign.tolist(), "labels": labels.tolist(),
                    # what decides each certificate: the output ball R(radius) against the two margins
                    "ball": [[_finite(v) for v in row] if ok else None for row, ok in zip(big_r, good)],
@@ -300,12 +238,34 @@ def certify(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = 
         seconds_per_image=elapsed / len(z), centroids=centroids.tolist(), embeddings=z, gallery=(gz, gl, self_index))
 
 
-#: why a smoothed R@1 near 1 can stand beside a certified R@1 near 0 (printed by the CLI and the report)
-SMOOTHED_VS_CERTIFIED = (
-    "smoothed R@1 is the Recall@1 of the smoothed embeddings of clean images, with no adversary; certified R@1 at "
-    "radius r counts an image only where its correct answer provably survives every perturbation within r, i.e. "
-    "where the smoothed embedding's output ball R(r) fits inside the answer's margin. At r = 0 that ball is the "
-    "smoothing's own spread, so certified R@1 can be far below smoothed R@1")
+def _smooth_all(model, dataset, smoothing: Smoothing, generator, device, radii: list[float] | None, progress: bool):
+    """Each image read once: (centers, labels, checks passed, R per radius where ``radii`` are given)."""
+    centers, labels, goods, out = [], [], [], []
+    for i in tqdm(range(len(dataset)), disable=not progress, desc="certify" if radii is not None else "gallery"):
+        image, label = dataset[i]
+        x = image.to(device)
+        center, good = smoothed_center(model, x, smoothing, generator)
+        centers.append(center.cpu())
+        labels.append(int(label))
+        goods.append(good)
+        if radii is not None:
+            out.append(output_radii(model, x, center, radii, smoothing, generator) if good
+                       else np.full(len(radii), np.inf))
+    return torch.stack(centers).numpy(), np.array(labels), np.array(goods), np.array(out)
+
+
+def _radius_of(ok: np.ndarray, good: np.ndarray, radii: list[float]) -> np.ndarray:
+    """Each image's largest certified radius (R(ε) grows with ε, so each row certifies a prefix of the grid), -1 if it abstained."""
+    count = ok.sum(1)
+    largest = np.where(count > 0, np.array(radii)[np.maximum(count - 1, 0)], 0.0)
+    return np.where(good, largest, -1.0)
+
+
+def _retrieval_scores(z, labels, gz, gl, leave_one_out: bool) -> dict[str, float]:
+    """The registered retrieval metrics of the smoothed embeddings other than Recall@1 (which the
+    certificate's own nearest-item rule gives)."""
+    found = retrieval_metrics(torch.from_numpy(z), labels, torch.from_numpy(gz), gl, ks=(1,), leave_one_out=leave_one_out)
+    return {k: v for k, v in found.items() if k != "recall@1"}
 
 
 def eot_attack(model: nn.Module, x: torch.Tensor, objective, eps: float, sigma: float, steps: int = 20,
@@ -314,16 +274,14 @@ def eot_attack(model: nn.Module, x: torch.Tensor, objective, eps: float, sigma: 
     ``objective(embeddings)`` over ``draws`` noisy copies of x' per step, ‖x' − x‖₂ ≤ eps, x' in [0, 1].
     The adversary a certificate must withstand; used by the soundness tests."""
     from ..attacks import Norm
-    from ..attacks.optim import project
+    from ..attacks.optim import gradient_ascent
     generator = torch.Generator(device=x.device).manual_seed(seed)
     x = x.detach().unsqueeze(0)
-    delta = torch.zeros_like(x)
-    step = 2.5 * eps / steps
+
+    def expected(adversarial: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device) * sigma
+        return objective(model(adversarial + noise)).mean()
+
     with eval_mode(model):
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            noise = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device) * sigma
-            value = objective(model(x + delta + noise)).mean()
-            (grad,) = torch.autograd.grad(value, delta)
-            delta = project(x, delta.detach() + step * grad / grad.norm().clamp_min(1e-12), eps, Norm.L2)
+        delta = gradient_ascent(expected, x, torch.zeros_like(x), eps, Norm.L2, steps, 2.5 * eps / steps)
     return (x + delta).detach().squeeze(0)

@@ -6,8 +6,8 @@ Retrieval*, §16.3: pairs of samples put in one cluster vs. pairs of one class).
 Retrieval: Recall@K and MAP@R (Musgrave et al., "A Metric Learning Reality Check", arXiv 2003.08505),
 computed with faiss exact search in chunks of queries, so no N x N similarity matrix is ever built.
 
-Every metric is an entry of ``METRICS``: its name, how it is computed, which way is better and
-where it is shown (summary tables, plots, honest-evaluation checks, report curves). Config
+Every metric is an entry of ``METRICS``: its name, how it is computed (from one clustering, or from
+the one shared kNN search), which way is better and where it is shown (summary tables, plots, honest-evaluation checks, report curves). Config
 validation, the robust evaluation's worst case, the checks, tables and plots all read it.
 """
 
@@ -74,7 +74,7 @@ def pairwise_f1(labels, clusters) -> float:
 
 class MetricKind(str, Enum):
     CLUSTERING = "clustering"  # compute(labels, clusters) -> float, on the k-means assignments
-    RETRIEVAL = "retrieval"    # computed by the chunked kNN search (Recall@K, MAP@R)
+    RETRIEVAL = "retrieval"    # compute(match, relevant) -> per-query values, on the shared kNN search
 
 
 #: Where a metric appears: summary tables (benchmark, README), metric-vs-eps plots of `attack`,
@@ -84,7 +84,14 @@ SHOWN_IN = frozenset({"summary", "plot", "check", "curve"})
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric. ``compute`` is set for clustering metrics: ``(labels, clusters) -> float``."""
+    """A registered metric.
+
+    ``compute``: for a clustering metric ``(labels, clusters) -> float``; for a retrieval metric
+    ``(match, relevant) -> (Q,) per-query values``, where ``match`` (Q, depth) says whether each of
+    a query's nearest gallery items (best first) shares its class and ``relevant`` (Q,) how many
+    gallery items do; the metric is the mean over the queries that have one. ``recall@1`` stands
+    for the Recall@K family: every K of the dataset is computed.
+    """
 
     name: str
     kind: MetricKind
@@ -95,8 +102,24 @@ class Metric:
     def __post_init__(self):
         if not set(self.shown_in) <= SHOWN_IN:
             raise ValueError(f"metric {self.name}: shown_in must be a subset of {sorted(SHOWN_IN)}")
-        if self.kind is MetricKind.CLUSTERING and self.compute is None:
-            raise ValueError(f"clustering metric {self.name} needs compute(labels, clusters)")
+        if self.compute is None:
+            raise ValueError(f"metric {self.name} needs compute: (labels, clusters) for clustering, "
+                             "(match, relevant) for retrieval")
+
+
+def recall_at(k: int) -> Callable:
+    """Recall@K per query: whether one of its K nearest items shares its class."""
+    def recall(match: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+        return match[:, :k].any(1)
+    return recall
+
+
+def map_at_r(match: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """MAP@R per query: the mean over its first R ranks of precision@i at each relevant rank i."""
+    depth = match.shape[1]
+    rel = match & (torch.arange(depth)[None, :] < relevant[:, None])
+    precision = rel.cumsum(1) / torch.arange(1, depth + 1)[None, :]
+    return (precision * rel).sum(1) / relevant.clamp(min=1)
 
 
 METRICS: Registry = Registry("metric")
@@ -107,8 +130,8 @@ register_metric(Metric("nmi", MetricKind.CLUSTERING, nmi, shown_in=frozenset(SHO
 register_metric(Metric("f1", MetricKind.CLUSTERING, pairwise_f1, shown_in=frozenset({"summary", "plot"})))
 register_metric(Metric("ari", MetricKind.CLUSTERING, ari, shown_in=frozenset({"summary", "plot"})))
 # Recall@K for every K of the dataset; the entry stands for the family, recall@1 is the one shown.
-register_metric(Metric("recall@1", MetricKind.RETRIEVAL, shown_in=frozenset(SHOWN_IN)))
-register_metric(Metric("map@r", MetricKind.RETRIEVAL))
+register_metric(Metric("recall@1", MetricKind.RETRIEVAL, recall_at(1), shown_in=frozenset(SHOWN_IN)))
+register_metric(Metric("map@r", MetricKind.RETRIEVAL, map_at_r))
 
 
 def metric_info(name: str) -> Metric:
@@ -134,16 +157,30 @@ def worse(name: str, a: float, b: float) -> bool:
     return a < b if metric_info(name).higher_is_better else a > b
 
 
+def cluster_scores(labels, clusters) -> dict[str, float]:
+    """Every registered clustering metric of one clustering."""
+    return {name: float(m.compute(labels, clusters)) for name, m in METRICS.items() if m.kind is MetricKind.CLUSTERING}
+
+
 def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, restarts: int = 5) -> dict:
     """k-means with k = number of classes, then every registered clustering metric (NMI, pairwise F1, ARI, ...)."""
     clusters, _ = kmeans(embeddings, int(len(np.unique(labels))), seed=seed, restarts=restarts)
-    return {name: float(m.compute(labels, clusters)) for name, m in METRICS.items() if m.kind is MetricKind.CLUSTERING}
+    return cluster_scores(labels, clusters)
+
+
+def _retrieval_scores(ks) -> dict[str, Callable]:
+    """name -> per-query function of every retrieval metric: Recall@K for each K, then the others."""
+    scores = {f"recall@{k}": recall_at(k) for k in ks}
+    scores.update({name: m.compute for name, m in METRICS.items()
+                   if m.kind is MetricKind.RETRIEVAL and not _RECALL.fullmatch(name)})
+    return scores
 
 
 def retrieval_metrics(query: torch.Tensor, query_labels, gallery: torch.Tensor | None = None,
                       gallery_labels=None, ks=(1, 2, 4, 8), chunk_bytes: int = CHUNK_BYTES,
                       leave_one_out: bool | None = None) -> dict:
-    """Recall@K for each K and MAP@R by cosine similarity (embeddings are unit vectors).
+    """Every registered retrieval metric (Recall@K for each K, MAP@R, ...) by cosine similarity
+    (embeddings are unit vectors), from one kNN search.
 
     With ``gallery=None`` the query set is its own gallery and each query leaves itself out.
     ``leave_one_out=True`` with a gallery means query i and gallery item i are the same image (e.g.
@@ -165,36 +202,31 @@ def retrieval_metrics(query: torch.Tensor, query_labels, gallery: torch.Tensor |
     n_gallery = len(gallery) - int(leave_one_out)
     depth = min(n_gallery, max(max(ks), int(relevant.max()) if valid.any() else 1))
 
+    scores = _retrieval_scores(ks)
+    sums = dict.fromkeys(scores, 0.0)
+    for start, match in _neighbour_matches(query, ql, gallery, gl, depth, leave_one_out, chunk_bytes):
+        keep = valid[start:start + len(match)]
+        r = relevant[start:start + len(match)]
+        for name, score in scores.items():
+            sums[name] += float(score(match, r)[keep].sum())
+    n_valid = max(int(valid.sum()), 1)
+    return {name: total / n_valid for name, total in sums.items()}
+
+
+def _neighbour_matches(query, ql, gallery, gl, depth: int, leave_one_out: bool, chunk_bytes: int):
+    """(first query of the chunk, (chunk, depth) same-class flags of its nearest gallery items), a chunk at a time."""
     # Exact inner-product search with faiss, a chunk of queries at a time: measured faster than a
     # chunked torch matmul + top-k on CPU (bench/eval_speed.py), and memory stays bounded by the chunk.
     index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
-    hits = {k: 0.0 for k in ks}
-    ap_sum = 0.0
     rows = max(1, chunk_bytes // (4 * len(gallery)))
-    extra = int(leave_one_out)
     for start in range(0, len(query), rows):
         end = min(start + rows, len(query))
-        _, found = index.search(np.ascontiguousarray(query[start:end].numpy()), depth + extra)
+        _, found = index.search(np.ascontiguousarray(query[start:end].numpy()), depth + int(leave_one_out))
         top = torch.from_numpy(found)
         if leave_one_out:
             # drop each query's own item; where it is not among the results, drop the last one
             own = top == torch.arange(start, end)[:, None]
             own[~own.any(1), -1] = True
             top = top[~own].view(end - start, depth)
-        match = gl[top] == ql[start:end, None]
-        r = relevant[start:end]
-        keep = valid[start:end]
-        for k in ks:
-            hits[k] += float(match[:, :k].any(1)[keep].sum())
-        # MAP@R: mean over the first R ranks of precision@i at each relevant rank i.
-        within_r = torch.arange(depth)[None, :] < r[:, None]
-        rel = match & within_r
-        precision = rel.cumsum(1) / torch.arange(1, depth + 1)[None, :]
-        ap = (precision * rel).sum(1) / r.clamp(min=1)
-        ap_sum += float(ap[keep].sum())
-
-    n_valid = max(int(valid.sum()), 1)
-    result = {f"recall@{k}": hits[k] / n_valid for k in ks}
-    result["map@r"] = ap_sum / n_valid
-    return result
+        yield start, gl[top] == ql[start:end, None]

@@ -16,20 +16,18 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..attacks import ATTACKS, AttackContext, create_attack
 from ..attacks.base import CleanPool
-from ..attacks.ranking import COLUMNS, PROFILES, RANKING_ATTACKS, ers
-from ..data import IndexedDataset
+from ..attacks.ranking import ERS_COLUMNS, PROFILES, ers, ranking_attacks, ranking_columns
 from ..errors import ConfigError
 from ..models.modes import eval_mode
 from ..registry import check_options
 from .checks import es_start_check
-from .embed import embed
-from .metrics import clustering_metrics, kmeans, nmi, retrieval_metrics
+from .metrics import kmeans, nmi
 from .results import schema
+from .session import EvalSettings, EvaluationSession
 
 #: RobRank's published Fashion-MNIST rows (its doc/dmltab-fashion.txt; C2F2, triplet ``ptripletN``,
 #: rob28): clean R@1 and NMI, then its ten columns; ERS follows from the columns by :func:`ers`.
@@ -94,108 +92,126 @@ def query_subset(n: int, queries: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
 
 
-def evaluate_ranking(model: nn.Module, query_set: Dataset, gallery_set: Dataset | None = None, *,
+def evaluate_ranking(model: nn.Module, query_set: Dataset | None = None, gallery_set: Dataset | None = None, *,
                      profile: str = "rob28", queries: int | None = None, seed: int = 0,
                      attacks: list[str] | None = None, attack_kwargs: dict | None = None,
                      device: str | torch.device = "cpu", batch_size: int = 128, workers: int = 0, kmeans_restarts: int = 1,
-                     check_es_start: bool = True, progress: bool = False) -> RankingResult:
+                     check_es_start: bool = True, progress: bool = False,
+                     session: EvaluationSession | None = None) -> RankingResult:
     """Every RobRank attack of ``profile`` (``rob28``, ``rob224``) on the queries; see the module doc.
 
     ``attacks``: a subset of the nine (default all; the ERS needs all). ``attack_kwargs``: per-attack
     constructor options, e.g. ``{"gtm": {"robrank_compat": True}}`` (RobRank's own target choice for
     GTM, for reproducing its table). ``check_es_start``: where ES runs, run it again from the
     opposite start (its ``robrank_compat`` flipped) for :func:`es_start_check`; the reported columns
-    stay those of the start asked for.
+    stay those of the start asked for. ``session``: an :class:`EvaluationSession` already built on
+    the model and test data, whose clean embeddings and clean metrics are reused (the data,
+    ``device``, k-means and loader arguments are then its own; ``batch_size`` stays the attacks').
     """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
-    attack_kwargs = attack_kwargs or {}
-    attacks = list(attacks or RANKING_ATTACKS)
-    unknown = [a for a in attacks if a not in RANKING_ATTACKS]
-    if unknown:
-        raise ConfigError(f"not a robrank attack: {', '.join(unknown)}; choose from {', '.join(RANKING_ATTACKS)}")
-    for name, options in attack_kwargs.items():
-        if name not in RANKING_ATTACKS:
-            raise ConfigError(f"attack option for '{name}', which is not in the robrank suite "
-                              f"({', '.join(RANKING_ATTACKS)})")
-        check_options(ATTACKS[name], options, f"attack '{name}'")
+    attacks, attack_kwargs = _checked(profile, attacks, attack_kwargs or {})
     start = time.perf_counter()
-    device = torch.device(device)
-    settings = PROFILES[profile]
-    query_emb, query_labels = embed(model, query_set, batch_size, device, workers, progress)
-    leave_one_out = gallery_set is None
-    if leave_one_out:
-        database, database_labels = query_emb, query_labels
-    else:
-        database, database_labels = embed(model, gallery_set, batch_size, device, workers, progress)
-    clean = clustering_metrics(query_emb.numpy(), query_labels, seed=seed, restarts=kmeans_restarts)
-    clusters, _ = kmeans(query_emb.numpy(), int(len(np.unique(query_labels))), **ROBRANK_KMEANS)
-    clean["robrank_nmi"] = nmi(query_labels, clusters)
-    clean.update(retrieval_metrics(query_emb, query_labels, database, database_labels, ks=(1,),
-                                   leave_one_out=leave_one_out))
-    chosen = query_subset(len(query_set), queries, seed)
-    self_index = torch.arange(len(query_set)) if leave_one_out else torch.full((len(query_set),), -1)
-    # targets are planned for the chosen queries only, against the whole clean database
-    picked = torch.from_numpy(chosen)
-    pool = CleanPool(query_emb[picked], torch.from_numpy(query_labels[chosen]), torch.zeros(0, dtype=torch.long),
-                     torch.zeros(0, 1), database, torch.from_numpy(database_labels), seed=seed,
-                     self_index=self_index[picked])
-    loader = DataLoader(IndexedDataset(Subset(query_set, chosen.tolist())), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
-    sums = {c: 0.0 for c in COLUMNS}
-    clean_sums = {c: 0.0 for c in COLUMNS}
-
-    def run(name: str, options: dict, into: dict, clean_into: dict | None, label: str) -> None:
-        attack = create_attack(name, settings["eps"], steps=settings["steps"], step_size=settings["step_size"], **options)
-        targets = attack.plan(pool)
-        for images, labels, local in tqdm(loader, desc=f"{profile} {label}", leave=False,
-                                          disable=None if progress else True):
-            index = torch.from_numpy(chosen[local.numpy()])
-            context = AttackContext(labels=labels, gallery=database, gallery_labels=pool.reference_labels,
-                                    self_index=self_index[index],
-                                    targets=None if targets is None else targets[local])
-            images = images.to(device, non_blocking=True)
-            x_adv = attack(model, images, context)
-            with torch.no_grad():
-                adversarial = model(x_adv).float().cpu()
-            clean_emb = query_emb[index]
-            for column, values in attack.score(adversarial, clean_emb, context).items():
-                into[column] += float(values.sum())
-            if clean_into is not None:
-                for column, values in attack.score(clean_emb, clean_emb, context).items():
-                    clean_into[column] += float(values.sum())
-
-    n = len(chosen)
+    if session is None:
+        session = EvaluationSession(model, query_set, gallery_set, EvalSettings(
+            seed=seed, kmeans_restarts=kmeans_restarts, batch_size=batch_size, ks=(1,), device=device,
+            workers=workers, progress=progress))
+    run = _RankingRun(session, PROFILES[profile], query_subset(session.n_query, queries, seed), seed, batch_size,
+                      profile)
     checks = {}
-    with eval_mode(model):
+    with eval_mode(session.model):
         for name in attacks:
-            run(name, attack_kwargs.get(name, {}), sums, clean_sums, name)
+            run.columns(name, attack_kwargs.get(name, {}), with_clean=True)
         if check_es_start and "es" in attacks:
             options = dict(attack_kwargs.get("es", {}))
             options["robrank_compat"] = not options.get("robrank_compat", False)
-            other = dict.fromkeys(ATTACKS["es"].columns, 0.0)
-            run("es", options, other, None, "es, other start")
-            checks["es_start"] = es_start_check({c: sums[c] / n for c in other}, {c: v / n for c, v in other.items()},
+            other = run.columns("es", options, with_clean=False, label="es, other start")
+            checks["es_start"] = es_start_check({c: run.sums[c] / run.n for c in other},
+                                                {c: v / run.n for c, v in other.items()},
                                                 "robrank" if options["robrank_compat"] else "ours")
-    ran = [c for c in COLUMNS if any(c in ATTACKS[a].columns for a in attacks)]
-    columns = {c: sums[c] / n for c in ran}
-    clean_columns = {c: clean_sums[c] / n for c in ran}
-    return RankingResult(profile=profile, eps=settings["eps"], queries=n, seed=seed, columns=columns,
-                         clean_columns=clean_columns, ers=ers(columns) if len(ran) == len(COLUMNS) else None, clean=clean,
+        clean = {**session.clean, "robrank_nmi": robrank_nmi(session)}
+    ran = [c for c in ranking_columns() if any(c in ATTACKS[a].columns for a in attacks)]
+    columns = {c: run.sums[c] / run.n for c in ran}
+    return RankingResult(profile=profile, eps=run.settings["eps"], queries=run.n, seed=seed, columns=columns,
+                         clean_columns={c: run.clean_sums[c] / run.n for c in ran},
+                         ers=ers(columns) if set(ERS_COLUMNS) <= set(ran) else None, clean=clean,
                          options={k: dict(v) for k, v in attack_kwargs.items()},
                          seconds=time.perf_counter() - start, checks=checks)
 
 
+def _checked(profile: str, attacks: list[str] | None, attack_kwargs: dict) -> tuple[list[str], dict]:
+    """The attacks and their options, with a one-line error for an unknown profile, attack or option."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
+    suite = ranking_attacks()
+    attacks = list(attacks or suite)
+    unknown = [a for a in attacks if a not in suite]
+    if unknown:
+        raise ConfigError(f"not a robrank attack: {', '.join(unknown)}; choose from {', '.join(suite)}")
+    for name, options in attack_kwargs.items():
+        if name not in suite:
+            raise ConfigError(f"attack option for '{name}', which is not in the robrank suite ({', '.join(suite)})")
+        check_options(ATTACKS[name], options, f"attack '{name}'")
+    return attacks, attack_kwargs
+
+
+def robrank_nmi(session: EvaluationSession) -> float:
+    """The NMI of RobRank's own k-means (:data:`ROBRANK_KMEANS`) of the clean queries, for its tables."""
+    labels = session.labels[: session.n_query]
+    clusters, _ = kmeans(session.query_emb.numpy(), int(len(np.unique(labels))), **ROBRANK_KMEANS)
+    return nmi(labels, clusters)
+
+
+class _RankingRun:
+    """The chosen queries of one session under RobRank's attacks: the columns summed over the queries."""
+
+    def __init__(self, session: EvaluationSession, settings: dict, chosen: np.ndarray, seed: int, batch_size: int,
+                 profile: str):
+        self.session, self.settings, self.chosen, self.batch_size, self.profile = (
+            session, settings, chosen, batch_size, profile)
+        self.n = len(chosen)
+        picked = torch.from_numpy(chosen)
+        # targets are planned for the chosen queries only, against the whole clean database
+        self.pool = CleanPool(session.query_emb[picked], torch.from_numpy(session.labels[chosen]),
+                              torch.zeros(0, dtype=torch.long), torch.zeros(0, 1), session.reference,
+                              session.reference_labels, seed=seed, self_index=session.self_index(picked))
+        self.sums = dict.fromkeys(ranking_columns(), 0.0)
+        self.clean_sums = dict.fromkeys(ranking_columns(), 0.0)
+
+    def columns(self, name: str, options: dict, with_clean: bool, label: str = "") -> dict[str, float]:
+        """Run attack ``name``; its columns are added to the sums (with the clean ones), or, without
+        ``with_clean``, returned as sums of their own (a check's second run)."""
+        s = self.session
+        into = self.sums if with_clean else dict.fromkeys(ATTACKS[name].columns, 0.0)
+        attack = create_attack(name, self.settings["eps"], steps=self.settings["steps"],
+                               step_size=self.settings["step_size"], **options)
+        targets = attack.plan(self.pool)
+        done = 0
+        for images, labels, index in s.batches(self.chosen, self.batch_size, desc=f"{self.profile} {label or name}"):
+            local = torch.arange(done, done + len(index))
+            done += len(index)
+            context = AttackContext(labels=labels, gallery=s.reference, gallery_labels=s.reference_labels,
+                                    self_index=s.self_index(index), targets=None if targets is None else targets[local])
+            x_adv = attack(s.model, images, context)
+            with torch.no_grad():
+                adversarial = s.model(x_adv).float().cpu()
+            clean_emb = s.clean_emb[index]
+            for column, values in attack.score(adversarial, clean_emb, context).items():
+                into[column] += float(values.sum())
+            if with_clean:
+                for column, values in attack.score(clean_emb, clean_emb, context).items():
+                    self.clean_sums[column] += float(values.sum())
+        return into
+
+
 def ranking_table(result: dict) -> str:
     """A markdown table of one result's columns (attacked and clean) and the ERS."""
-    columns = [c for c in COLUMNS if c in result["columns"]]
+    columns = [c for c in ranking_columns() if c in result["columns"]]
     head = "| | " + " | ".join(columns) + " | ERS |"
     rule = "|---" * (len(columns) + 2) + "|"
 
     def fmt(c, v):
         return f"{v:.3f}" if c in ("TMA", "ES:D") else f"{v:.1f}"
 
-    complete = len(columns) == len(COLUMNS)
+    complete = set(ERS_COLUMNS) <= set(columns)
     rows = [f"| {label} | " + " | ".join(fmt(c, result[key][c]) for c in columns) + f" | {value} |"
             for label, key, value in (("attacked", "columns", f"{result['ers']:.1f}" if complete else "—"),
                                       ("clean", "clean_columns", f"{ers(result['clean_columns']):.1f}" if complete else "—"))]

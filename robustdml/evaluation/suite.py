@@ -34,11 +34,14 @@ from ..registry import check_options
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One entry of a suite: ``label`` (its name in results), the registered ``attack`` and its options."""
+    """One entry of a suite: ``label`` (its name in results), the registered ``attack`` and its
+    options; ``member``: on an ensemble, the member the attack is crafted on (then transferred to
+    the ensemble), None for the model itself."""
 
     label: str
     attack: str
     options: dict = field(default_factory=dict)
+    member: int | None = None
 
     @property
     def optimizer(self) -> str:

@@ -8,7 +8,7 @@ import torch
 
 from robustdml.attacks import AttackContext, create_attack
 from robustdml.attacks.base import CleanPool
-from robustdml.attacks.ranking import COLUMNS, PROFILES, ers
+from robustdml.attacks.ranking import ERS_COLUMNS as COLUMNS, PROFILES, ers
 from robustdml.data import get_dataset
 from robustdml.errors import ConfigError
 from robustdml.evaluation.checks import ES_START_TOLERANCE, es_start_check
