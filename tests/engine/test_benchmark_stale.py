@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 
 from test_benchmark_faults import tiny_config  # noqa: E402
 
-from robustdml.engine.benchmark import Benchmark, load_benchmark_config  # noqa: E402
+from robustdml.benchmark import Benchmark, load_benchmark_config  # noqa: E402
 from robustdml.reporting.report import build_report  # noqa: E402
 
 CELL = "digits-small-cnn-standard-s0"
@@ -106,18 +106,32 @@ def test_reuse_stale_keeps_and_marks(_first_run):
 
 
 @pytest.mark.slow  # RobRank's nine attacks and the certificates on top of the attack: ~30 s on 2 cores
-def test_a_cell_loads_its_model_once_for_every_part(_first_run, monkeypatch):
-    """attack, ranking and certify re-run on the trained model: one load of it, not one per part."""
-    import robustdml.engine.benchmark as benchmark
+def test_a_cell_loads_embeds_and_clusters_once_for_every_part(_first_run, monkeypatch):
+    """attack, ranking and certify re-run on the trained model: one load of it, one embedding of the
+    clean test set and one clean k-means, not one per part."""
+    import robustdml.benchmark.runner as runner
+    import robustdml.evaluation.session as session
 
     config, out = _first_run()
     _edit(config, lambda c: c.update(attack={**c["attack"], "steps": 3}, ranking={"queries": 4},
                                      certify={"sigma": 0.25, "queries": 3, "samples": 100, "center_samples": 100,
                                               "alpha": 0.2, "delta": 0.2, "radii": [0.0]}))
-    loads = []
-    real = benchmark.load_model
-    monkeypatch.setattr(benchmark, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    loads, embedded, clustered = [], [], []
+    real_load, real_embed, real_kmeans = runner.load_model, session.embed, session.kmeans
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+
+    def embed(*a, **k):
+        found = real_embed(*a, **k)
+        embedded.append(found[0])
+        return found
+
+    monkeypatch.setattr(session, "embed", embed)
+    monkeypatch.setattr(session, "kmeans", lambda x, *a, **k: clustered.append(x) or real_kmeans(x, *a, **k))
     assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "updated"}
     assert len(loads) == 1
+    assert len(embedded) == 1
+    clean = embedded[0].numpy()
+    assert sum(x.shape == clean.shape and (x == clean).all() for x in clustered) == 1
+    assert len(clustered) > 1  # the attacked embeddings are clustered too, each once
     cell = _cell(out)
     assert "robrank" in cell and "certify" in cell and cell["part_seconds"]["train"] < 5

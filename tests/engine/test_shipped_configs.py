@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from robustdml.cli.config import load_train_config
-from robustdml.engine.benchmark import load_benchmark_config
+from robustdml.benchmark import load_benchmark_config
 from robustdml.methods import create_method
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

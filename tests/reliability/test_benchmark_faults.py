@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from robustdml.engine import Trainer
-from robustdml.engine.benchmark import Benchmark, load_benchmark_config
+from robustdml.benchmark import Benchmark, load_benchmark_config
 from robustdml.errors import ConfigError
 from robustdml.reporting.report import build_report, group_tables, load_cells, tsne_panels
 
