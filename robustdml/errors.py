@@ -21,6 +21,10 @@ class ModelFileError(RobustDMLError):
     """A saved model or checkpoint is missing, corrupt, or not one robustdml wrote."""
 
 
+class TrainingDiverged(RobustDMLError):
+    """The loss became NaN or infinite."""
+
+
 class RobustDMLWarning(UserWarning):
     """Something about a model or its data that makes figures doubtful, found before a long run
     (embeddings not unit norm, a model random in eval mode, no gradient reaching the input)."""

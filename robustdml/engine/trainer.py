@@ -12,40 +12,34 @@ Run directory layout::
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..attacks import ThreatModel
 from ..data import (ClassBalancedBatchSampler, IndexedDataset, PairBatchSampler, RandomBatchSampler, dataset_spec,
                     evaluation_sets, get_dataset)
-from ..errors import ConfigError, RobustDMLError
-from ..evaluation import embed, evaluate_embeddings
-from ..evaluation.robust import eps_key, evaluate_robustness
-from ..evaluation.suite import NAMED as NAMED_SUITES
-from ..evaluation.suite import AttackSuite
-from ..files import write_json, write_text
+from ..errors import ConfigError, TrainingDiverged  # noqa: F401  (TrainingDiverged re-exported)
+from ..files import write_json
 from ..losses import create_loss
 from ..methods import TrainingSetup, create_method
 from ..models import create_model, save_model
-from .checkpoint import isolated_rng, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, rng_state
 from .config import TrainConfig
 from .devices import default_workers, resolve_device
 from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
-                          distributed_criterion, embed_sharded, gather_objects, init_distributed)
+                          distributed_criterion, gather_objects, init_distributed)
+from .run_files import RunFiles
+from .validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +54,6 @@ TRAINING_REVISION = 2
 
 # What a run directory holds once a run has written into it: a new run there is refused (--resume continues it).
 RUN_OUTPUTS = ("checkpoint.pt", "best", "last", "metrics.json", "attack", "certify")
-
-
-class TrainingDiverged(RobustDMLError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -95,7 +85,7 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
-class Trainer:
+class Trainer(Validation, RunFiles):
     """Builds everything a run needs from a :class:`TrainConfig` and runs it in ``out_dir``."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
@@ -190,77 +180,6 @@ class Trainer:
         """Every parameter the optimiser updates (model, loss, method)."""
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    # --- state ---------------------------------------------------------------------------------
-    def _state(self, epoch: int, rngs: list[dict]) -> dict:
-        """``rngs``: every rank's RNG state, in rank order (one entry in a single process)."""
-        return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
-                "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs, "best": dict(self.best),
-                "history": list(self.history), "config": self.cfg.to_dict()}
-
-    def _restore(self, state: dict) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.criterion.load_state_dict(state["criterion"])
-            self.method.load_state_dict(state.get("method", {}))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"{self.checkpoint_path} does not match this configuration: {str(e).splitlines()[0]}") from None
-        rngs = state.get("rng_ranks", [state["rng"]])
-        if len(rngs) != self.world:
-            log.warning("the checkpoint was written by %d process(es), this run has %d: the random streams "
-                        "of a resumed run will differ from an uninterrupted one", len(rngs), self.world)
-        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
-        self.start_epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
-        log.info("resuming %s after epoch %d", self.out, self.start_epoch)
-
-    # --- evaluation ------------------------------------------------------------------------------
-    def embed_test(self):
-        """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
-        Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
-        def run(subset):  # in fp32, as `robustdml evaluate` and `attack` embed, so the metrics match theirs
-            return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
-
-        def one(dataset):
-            return embed_sharded(run, dataset, self.device) if self.world > 1 else run(dataset)
-
-        query = one(self.query_set)
-        gallery = one(self.gallery_set) if self.gallery_set is not None else None
-        return None if query is None else (query, gallery)
-
-    def evaluate(self, embeddings) -> dict[str, float]:
-        """Clean metrics (and the robust validation) from :meth:`embed_test`'s result; rank 0 only."""
-        (q, ql), gallery = embeddings
-        g, gl = gallery if gallery is not None else (None, None)
-        metrics = evaluate_embeddings(q, ql, g, gl, ks=self.spec.recall_ks, seed=self.cfg.seed,
-                                      restarts=self.cfg.kmeans_restarts)
-        if self.cfg.robust_eval:
-            metrics.update({f"robust_{k}": v for k, v in self.robust_validation().items()})
-        return metrics
-
-    def robust_validation(self) -> dict[str, float]:
-        """One cheap attack on a fixed, seeded subset of the test queries (leave-one-out retrieval).
-        It leaves the model and the training's random streams exactly as it found them."""
-        cfg = self.cfg
-        if not hasattr(self, "_robust_subset"):
-            n = len(self.query_set)
-            chosen = np.random.default_rng(cfg.seed).choice(n, min(n, cfg.robust_eval_size), replace=False)
-            self._robust_subset = Subset(self.query_set, sorted(chosen.tolist()))
-        eps = cfg.robust_eval_eps if cfg.robust_eval_eps is not None else self.threat.eps
-        if cfg.robust_eval_attack in NAMED_SUITES:  # e.g. fast: its own attacks and iterations
-            suite = AttackSuite(cfg.robust_eval_attack, eps=[eps], batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        else:
-            suite = AttackSuite([cfg.robust_eval_attack], eps=[eps], steps=cfg.robust_eval_steps,
-                                batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        # own random streams (the training ones are left where they were) and the model in eval mode
-        # throughout (evaluate_robustness's own guarantee): nothing of the test set reaches the model
-        with isolated_rng(cfg.seed):
-            result = evaluate_robustness(self.model, self._robust_subset, None, suite, threat=self.threat,
-                                         ks=self.spec.recall_ks, device=self.device, kmeans_seed=cfg.seed,
-                                         kmeans_restarts=cfg.kmeans_restarts, checks=False, samples=0)
-        return result.worst[eps_key(eps)]
-
     # --- loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
@@ -351,39 +270,6 @@ class Trainer:
             save_model(self.model, self.out / "best", extra=self._model_extra(epoch, metrics=metrics))
         return metrics
 
-    def _record(self, epoch: int, row: dict, rngs: list[dict], writer) -> None:
-        for key, value in row.items():
-            if key != "epoch":
-                writer.add_scalar(key, value, epoch + 1)
-        self.history.append(row)
-        save_model(self.model, self.out / "last", extra=self._model_extra(epoch))
-        save_checkpoint(self.checkpoint_path, self._state(epoch + 1, rngs))
-        self._write_log()
-        log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs,
-                 "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr")))
-
-    @contextmanager
-    def _writer(self, main: bool):
-        """Rank 0's TensorBoard writer (the config is written beside it); ``None`` on the other ranks."""
-        if not main:
-            yield None
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(self.out / "tb"))
-        try:
-            yield writer
-        finally:
-            writer.close()
-
-    def _write_log(self) -> None:
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.history)
-        write_text(self.out / "log.csv", buf.getvalue())
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
