@@ -22,10 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """The default digits config trained once per test session (standard Proxy Anchor, ~10 s)."""
+    """The default digits config trained once per test session (standard Proxy Anchor). Without its
+    robust validation, which leaves the trained model bit-identical (tests/evaluation/test_no_side_effects.py)
+    and would take most of the time."""
     from robustdml.cli.config import load_train_config
     from robustdml.engine import train
 
     run = tmp_path_factory.mktemp("digits") / "run"
-    result = train(load_train_config(REPO / "configs" / "digits.yaml"), run, progress=False)
+    result = train(load_train_config(REPO / "configs" / "digits.yaml", ["robust_eval=false"]), run, progress=False)
     return run, result

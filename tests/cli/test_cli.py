@@ -168,7 +168,8 @@ def test_attack_budgets_outputs_and_data_records(digits_run, tmp_path):
     run, _ = digits_run
     model = tmp_path / "model"
     shutil.copytree(run / "best", model / "best")
-    common = ["attack", str(model), "--dataset", "digits", "--attack", "noise", "centroid", "--steps", "1", "-q"]
+    common = ["attack", str(model), "--dataset", "digits", "--queries", "200", "--attack", "noise", "centroid",
+              "--steps", "1", "-q"]  # names, files and records are tested here, not figures: 200 queries
     proc = run_cli(*common, "--eps", "8/255", "0.1")
     assert proc.returncode == 0, proc.stderr
     assert "L∞ 8/255" in proc.stdout and "@ L∞ 0.1" in proc.stdout and "a custom suite: 2 attacks" in proc.stdout
@@ -177,7 +178,7 @@ def test_attack_budgets_outputs_and_data_records(digits_run, tmp_path):
     result = json.loads(custom[0].read_text())
     assert list(result["worst"]) == [f"{8 / 255:.6g}", "0.1"] and result["dataset"] == "digits"
     assert (model / "attack" / custom[0].stem / "metrics_vs_eps.png").is_file()
-    assert run_main(*common[:4], "--suite", "fast", "-q").returncode == 0
+    assert run_main(*common[:6], "--suite", "fast", "-q").returncode == 0
     assert (model / "attack" / "digits-fast.json").is_file() and custom[0].is_file()  # both kept
     info = json.loads((model / "best" / "model.json").read_text())["trained_on"]
     assert info == {"dataset": "digits", "input_shape": [1, 8, 8]}
@@ -187,7 +188,7 @@ def test_attack_budgets_outputs_and_data_records(digits_run, tmp_path):
     assert proc.returncode == 2 and "was trained on digits (1x8x8 images)" in proc.stderr
     assert not (model / "attack" / "fashion-fast.json").exists()
     proc = run_main("attack", str(model), "--dataset", "fashion", "--root", root, "--suite", "fast", "-q",
-                    "--dataset-mismatch-ok")
+                    "--queries", "200", "--dataset-mismatch-ok")
     assert proc.returncode == 0, proc.stderr
     assert (model / "attack" / "fashion-fast.json").is_file() and (model / "attack" / "digits-fast.json").is_file()
 

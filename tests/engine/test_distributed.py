@@ -35,6 +35,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
         assert abs(m2[key] - m1[key]) <= 0.05, (key, m1[key], m2[key])
 
 
+@pytest.mark.slow  # ~60 s; kill -9 and resume in one process stays in `make test` (tests/reliability/test_crashes.py)
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_kill_9_under_torchrun_then_resume_equals_uninterrupted(tmp_path):
     """Two processes on an image dataset with random crops (each rank's random stream is its own),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustdml.engine import Trainer
 from robustdml.benchmark import Benchmark, load_benchmark_config
+from robustdml.engine import Trainer
 from robustdml.errors import ConfigError
 from robustdml.reporting.report import build_report, group_tables, load_cells, tsne_panels
 
@@ -71,6 +71,7 @@ def test_tsne_shows_each_method_once_from_its_lowest_seed():
     assert tsne_panels(group) == [("standard (seed 0)", {"seed": 0}), ("eat (seed 1)", {"seed": 1})]
 
 
+@pytest.mark.slow  # ~40 s; an unchanged finished cell is skipped in tests/engine/test_benchmark_stale.py
 def test_interrupted_benchmark_redoes_no_finished_cell(tmp_path):
     config = tiny_config(tmp_path, methods=("standard", "mixup", "trades"))
     out = tmp_path / "out"
