@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from .base import Attack, CleanPool
+from ..registry import Registry
 from .registry import ATTACKS
 
 #: RobRank's attack profiles: PGD, signed gradient, no random start.
-PROFILES = {
-    "rob28": {"eps": 77 / 255, "step_size": 3 / 255, "steps": 32},
-    "rob224": {"eps": 8 / 255, "step_size": 3 / 255, "steps": 32},
-}
+PROFILES: Registry = Registry("robrank profile")
+PROFILES.register({"eps": 77 / 255, "step_size": 3 / 255, "steps": 32}, name="rob28")
+PROFILES.register({"eps": 8 / 255, "step_size": 3 / 255, "steps": 32}, name="rob224")
 NEAREST_FRACTION = 0.01  # "top-1 %" of the database for ca- / qa- targets
 RETAIN_K = 4
 

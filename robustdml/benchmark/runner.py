@@ -19,6 +19,7 @@ from ..engine.provenance import settings_hash, software_versions
 from ..engine.trainer import TRAINING_REVISION, Trainer
 from ..errors import RobustDMLError
 from ..evaluation.ranking import evaluate_ranking, query_subset
+from ..evaluation.results import schema
 from ..evaluation.robust import eps_key, evaluate_robustness
 from ..evaluation.session import EvalSettings, EvaluationSession
 from ..files import write_json, write_text
@@ -152,8 +153,8 @@ class Benchmark:
                     started = time.time()
                     result.update(evaluate(cell, cfg, session))
                     seconds[part] = round(time.time() - started, 1)
-        result.update(cell=cell, parts=plan.parts, versions=software_versions(), part_seconds=seconds,
-                      reused=[p for p in plan.parts if p not in plan.run],
+        result.update(schema=schema("cell"), cell=cell, parts=plan.parts, versions=software_versions(),
+                      part_seconds=seconds, reused=[p for p in plan.parts if p not in plan.run],
                       provenance={"dataset": cfg.dataset, "root": cfg.root, "test_images": len(query)})
         return result
 

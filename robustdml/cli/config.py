@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engine.config import apply_overrides, config_from_dict, key_value, read_yaml
+from ..engine.config import TrainConfig, apply_overrides, config_from_dict, key_value, read_yaml
 from ..errors import ConfigError
 
 
@@ -21,4 +21,5 @@ def parse_options(items: list[str]) -> dict[str, dict]:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """The training config of the YAML file ``path`` (none: the defaults), ``key=value`` overrides laid over it."""
     return config_from_dict(apply_overrides(read_yaml(path) if path else {}, list(overrides)))

@@ -139,8 +139,7 @@ def evaluate_ranking(model: nn.Module, query_set: Dataset | None = None, gallery
 
 def _checked(profile: str, attacks: list[str] | None, attack_kwargs: dict) -> tuple[list[str], dict]:
     """The attacks and their options, with a one-line error for an unknown profile, attack or option."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
+    PROFILES.lookup(profile)  # a one-line error naming the profiles
     suite = ranking_attacks()
     attacks = list(attacks or suite)
     unknown = [a for a in attacks if a not in suite]

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelFileError
 
-SCHEMAS = {"robust": 1, "ranking": 1, "certify": 1}
+SCHEMAS = {"robust": 1, "ranking": 1, "certify": 1, "cell": 1}  # "cell": a benchmark cell's result.json
 
 
 def schema(kind: str) -> dict:
@@ -40,14 +40,22 @@ def kind_of(data: dict) -> tuple[str, int]:
     raise ModelFileError("not a robustdml result: it has none of the fields of an attack, robrank or certify result")
 
 
-def from_dict(data: dict):
-    """The result object of a result's JSON form."""
-    from .ranking import RankingResult
-
+def check_version(data: dict) -> tuple[str, int]:
+    """(kind, version) of a result's JSON form; a one-line error where a later robustdml wrote it."""
     kind, version = kind_of(data)
     if version > SCHEMAS[kind]:
         raise ModelFileError(f"a {kind} result of schema version {version}, written by a later robustdml; this one "
                              f"reads up to version {SCHEMAS[kind]}: upgrade robustdml")
+    return kind, version
+
+
+def from_dict(data: dict):
+    """The result object of a result's JSON form."""
+    from .ranking import RankingResult
+
+    kind, version = check_version(data)
+    if kind == "cell":
+        raise ModelFileError("a benchmark cell, which holds several results: `robustdml report FOLDER` reads it")
     cls = {"robust": RobustResult, "ranking": RankingResult, "certify": CertifyResult}[kind]
     try:
         return cls.from_dict(data)

@@ -29,7 +29,7 @@ from dataclasses import MISSING, asdict, dataclass, field
 from ..attacks import ATTACKS, Attack, Norm, ThreatModel, check_eps, create_attack, format_budget, parse_eps
 from ..attacks.optim import Optimizer
 from ..errors import ConfigError
-from ..registry import check_options
+from ..registry import Registry, check_options
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,9 @@ def _default(key: str):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-NAMED: dict[str, dict] = {
+#: the named suites: name -> the settings it fixes
+NAMED: Registry = Registry("attack suite")
+NAMED.update({
     "strong": {"attacks": _STRONG, "eps_scale": [0.5, 1.0, 1.5], "steps": 100, "restarts": 1, "combine": True,
                "sweep_strongest": True, "ensemble_reweighted": ["centroid-balanced"],
                "member_transfer": ["centroid-balanced"]},
@@ -232,4 +234,4 @@ NAMED: dict[str, dict] = {
     "fast": {"attacks": [{"label": "centroid-balanced", "attack": "centroid-balanced", **_APGD},
                          {"label": "retrieval", "attack": "retrieval", **_APGD}],
              "eps_scale": [1.0], "steps": 10, "restarts": 1, "checks": False},
-}
+})

@@ -13,6 +13,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import ModelFileError
+from ..evaluation.results import SCHEMAS
 from ..files import write_text
 from ..methods import METHODS
 from .markdown import _md_to_html
@@ -23,12 +25,20 @@ from .summary import summarize
 
 
 def load_cells(out_dir: str | Path) -> list[dict]:
+    """Every cell's result.json (those written before cells recorded a schema read as version 0); an
+    unreadable one counts as a failed cell, one of a later schema is a one-line error."""
     cells = []
     for path in sorted(Path(out_dir).glob("cells/*/result.json")):
         try:
-            cells.append(json.loads(path.read_text(encoding="utf-8")))
+            cell = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             cells.append({"status": "failed", "error": f"unreadable {path}", "cell": {"name": path.parent.name}})
+            continue
+        recorded = cell.get("schema") if isinstance(cell, dict) else None
+        if isinstance(recorded, dict) and int(recorded.get("version", 0)) > SCHEMAS["cell"]:
+            raise ModelFileError(f"{path}: a benchmark cell of schema version {recorded['version']}, written by a later "
+                                 f"robustdml; this one reads up to version {SCHEMAS['cell']}: upgrade robustdml")
+        cells.append(cell)
     return cells
 
 

@@ -135,3 +135,18 @@ def test_a_cell_loads_embeds_and_clusters_once_for_every_part(_first_run, monkey
     assert len(clustered) > 1  # the attacked embeddings are clustered too, each once
     cell = _cell(out)
     assert "robrank" in cell and "certify" in cell and cell["part_seconds"]["train"] < 5
+
+
+def test_a_cell_names_its_schema_and_a_later_one_is_refused(_first_run):
+    import robustdml
+    from robustdml.errors import ModelFileError
+
+    config, out = _first_run()
+    path = out / "cells" / CELL / "result.json"
+    cell = json.loads(path.read_text())
+    assert cell["schema"] == {"kind": "cell", "version": 1}
+    with pytest.raises(ModelFileError, match="benchmark cell"):
+        robustdml.load_result(path)
+    path.write_text(json.dumps({**cell, "schema": {"kind": "cell", "version": 99}}))
+    with pytest.raises(ModelFileError, match="schema version 99.*upgrade robustdml"):
+        build_report(out)
