@@ -113,6 +113,19 @@ def test_cli_attack_on_the_saved_model_equals_the_python_call(saved_cnn, tmp_pat
         assert cli[key] == python[key], key
 
 
+def test_cli_attack_on_a_trained_run_equals_the_python_call(digits_run, tmp_path):
+    """A model robustdml trained: `robustdml attack` on its run folder and `robustdml.evaluate` on the
+    loaded model give the same figures, to the last digit."""
+    run, _ = digits_run
+    python = robustdml.evaluate(robustdml.load_model(run), "digits", eps="0.1", **CHEAP).to_dict()
+    done = run_main("attack", str(run), "--dataset", "digits", "--attack", "centroid", "noise", "--steps", "2",
+                    "--queries", "300", "--eps", "0.1", "--out", str(tmp_path), "--json", str(tmp_path / "a.json"), "-q")
+    assert done.returncode == 0, done.stderr
+    cli = json.loads((tmp_path / "a.json").read_text())
+    for key in ("clean", "attacks", "worst", "worst_attack", "checks", "settings"):
+        assert cli[key] == python[key], key
+
+
 def test_cli_certify_on_the_saved_model_equals_the_python_call(saved_cnn, tmp_path):
     _, directory = saved_cnn
     options = {"sigma": 0.25, "samples": 200, "center_samples": 200, "alpha": 0.2, "delta": 0.2, "queries": 6,
