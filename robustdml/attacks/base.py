@@ -150,8 +150,8 @@ class Attack(ABC):
             model = MemberReweighted(model, x)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best_x, best_obj = None, None
-        for _ in range(self.restarts):
-            x_adv = self._optimize(model, x, state, generator)
+        for restart in range(self.restarts):
+            x_adv = self._optimize(model, x, state, generator, context.start if restart == 0 else None)
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():
@@ -164,14 +164,20 @@ class Attack(ABC):
                 best_obj = torch.maximum(obj, best_obj)
         return best_x
 
-    def _optimize(self, model: nn.Module, x: torch.Tensor, state: dict, generator: torch.Generator) -> torch.Tensor:
+    def _optimize(self, model: nn.Module, x: torch.Tensor, state: dict, generator: torch.Generator,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
         def objective(x_adv):
             return self.objective(model(x_adv), state)
 
         if self.optimizer is Optimizer.SQUARE:
             delta = random_search(objective, x, self.eps, self.norm, self.steps, generator, trace=self.trace)
         else:
-            start = random_start(x, self.eps, self.norm, generator) if self.random_init else torch.zeros_like(x)
+            if start is not None:
+                start = project(x, start.to(x), self.eps, self.norm)
+            elif self.random_init:
+                start = random_start(x, self.eps, self.norm, generator)
+            else:
+                start = torch.zeros_like(x)
             delta = gradient_ascent(objective, x, start, self.eps, self.norm, self.steps, self.step_size,
                                     adaptive=self.optimizer is Optimizer.APGD, trace=self.trace)
         return (x + delta).detach()

@@ -109,6 +109,8 @@ class AttackContext:
         criterion: the training loss (for attacks on the loss itself).
         targets: (B,) per-sample targets an attack planned with the whole pool in view
             (:meth:`Attack.plan`): a cluster, or a gallery position.
+        start: (B, ...) where the gradient optimisers start instead of their random (or zero)
+            start, projected onto the budget first: a training adversary's carried perturbations.
     """
 
     labels: torch.Tensor | None = None
@@ -120,6 +122,7 @@ class AttackContext:
     surrogate: nn.Module | None = None
     criterion: nn.Module | None = None
     targets: torch.Tensor | None = None
+    start: torch.Tensor | None = None
 
     def require(self, needs: tuple[str, ...], attack: str) -> None:
         known = {f.name for f in fields(self)}

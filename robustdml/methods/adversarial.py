@@ -11,22 +11,47 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, check_eps, parse_eps
+from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, check_eps, parse_eps,
+                       random_start)
 from ..errors import ConfigError
 from .base import TrainingMethod, TrainingSetup, register_method
+from .carry import PerturbationBank
 
 OBJECTIVES = ("displacement", "loss")
+INITS = ("random", "zero", "carry")
+#: named adversary settings: FGSM with a random start and a step of 1.25·eps ("Fast is better than
+#: free", Wong, Rice & Kolter, arXiv 2001.03994)
+PRESETS = {"fgsm-rs": {"steps": 1, "init": "random", "step_factor": 1.25}}
 
 
 class TrainingAttack:
     """The attack used inside training: eps and norm (default: the dataset's threat model, given by
     :meth:`bind`), steps, step size (default eps/4: 2/255 for 8/255, and 2.5·eps/steps at 10 steps),
-    objective (embedding displacement or the training loss)."""
+    objective (embedding displacement or the training loss).
+
+    ``init``: where each batch's steps start — ``random`` (a random point of the ball, the default),
+    ``zero`` (the clean image) or ``carry`` (the perturbation the image's last adversary found,
+    :class:`~robustdml.methods.carry.PerturbationBank`; a random start at an image's first visit).
+    ``preset``: ``fgsm-rs``, one step from a random start with step 1.25·eps (it sets steps,
+    init and the step; combine it with none of them)."""
 
     def __init__(self, eps: float | None = None, steps: int = 10, step_size: float | None = None,
-                 objective: str = "displacement", norm: str | None = None):
+                 objective: str = "displacement", norm: str | None = None, init: str = "random",
+                 preset: str | None = None):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
+        if init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, not '{init}'")
+        self.step_factor = 0.25  # the default step, as a fraction of eps
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, not '{preset}'")
+            if steps != 10 or step_size is not None or init != "random":
+                raise ConfigError(f"preset {preset} sets steps, init and the step itself: drop steps, step_size and init")
+            steps, init, self.step_factor = (PRESETS[preset][k] for k in ("steps", "init", "step_factor"))
+        self.init, self.preset = init, preset
+        self.banks: dict[int, PerturbationBank] = {}
+        self.num_samples: int | None = None
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
         if norm is not None and norm not in {n.value for n in Norm}:
@@ -43,11 +68,14 @@ class TrainingAttack:
         eps = self.eps if self.eps is not None else threat.eps
         norm = self.norm or threat.norm
         cls = EmbeddingDisplacement if self.objective == "displacement" else LossAttack
-        step = self.step_size if self.step_size is not None else max(eps, 1e-12) / 4
-        self.attack = cls(eps, steps=self.steps, step_size=step, norm=norm) if eps > 0 else None
+        step = self.step_size if self.step_size is not None else max(eps, 1e-12) * self.step_factor
+        self.attack = (cls(eps, steps=self.steps, step_size=step, norm=norm, random_init=self.init != "zero")
+                       if eps > 0 else None)
         self.bound_eps = eps
 
-    def __call__(self, model, criterion, images, labels):
+    def __call__(self, model, criterion, images, labels, index: torch.Tensor | None = None, slot: int = 0):
+        """The adversarial batch; ``index`` (the images' training-set positions) is needed to carry
+        perturbations, ``slot`` keeps one bank per adversary of a method (an ensemble's members)."""
         if self.attack is None:
             if self.bound_eps is None:
                 raise RuntimeError("the training attack has no eps: pass eps or call the method's setup() first")
@@ -55,7 +83,27 @@ class TrainingAttack:
         # a fresh random start per batch, drawn from the global generator so that a resumed run
         # (whose RNG state is checkpointed) repeats it exactly
         self.attack.seed = int(torch.randint(2**31 - 1, (1,)))
-        return self.attack(model, images, AttackContext(criterion=criterion, labels=labels))
+        context = AttackContext(criterion=criterion, labels=labels)
+        if self.init != "carry":
+            return self.attack(model, images, context)
+        if index is None or self.num_samples is None:
+            raise RuntimeError("carried perturbations need the images' training-set index and the method's setup()")
+        bank = self.banks.setdefault(slot, PerturbationBank(self.num_samples, self.bound_eps, self.attack.norm))
+        fresh = random_start(images, self.bound_eps, self.attack.norm,
+                             torch.Generator(device=images.device).manual_seed(self.attack.seed))
+        context.start = bank.start(images, index, fresh)
+        adversarial = self.attack(model, images, context)
+        bank.keep(index, adversarial - images)
+        return adversarial
+
+    def state_dict(self) -> dict:
+        return {"banks": {slot: bank.state_dict() for slot, bank in self.banks.items()}} if self.banks else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        for slot, bank_state in state.get("banks", {}).items():
+            bank = PerturbationBank(self.num_samples, bank_state["eps"], self.attack.norm)
+            bank.load_state_dict(bank_state)
+            self.banks[int(slot)] = bank
 
 
 class AdversarialMethod(TrainingMethod):
@@ -66,6 +114,15 @@ class AdversarialMethod(TrainingMethod):
     def setup(self, run: TrainingSetup) -> None:
         if self.adversary.eps is None:  # an eps in the method's options wins over the dataset's
             self.adversary.bind(run.threat)
+        self.adversary.num_samples = run.num_samples
+
+    def state_dict(self) -> dict:
+        """The carried perturbations, where the adversary carries them."""
+        own = self.adversary.state_dict()
+        return {"adversary": own} if own else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adversary.load_state_dict(state.get("adversary", {}))
 
 
 @register_method
@@ -75,11 +132,12 @@ class PGDAT(AdversarialMethod):
     name = "pgd-at"
 
     def __init__(self, eps: float | None = None, steps: int = 10, step_size: float | None = None,
-                 objective: str = "displacement", norm: str | None = None):
-        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm)
+                 objective: str = "displacement", norm: str | None = None, init: str = "random",
+                 preset: str | None = None):
+        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset)
 
     def loss(self, model, criterion, images, labels, index):
-        return criterion(model(self.adversary(model, criterion, images, labels)), labels)
+        return criterion(model(self.adversary(model, criterion, images, labels, index)), labels)
 
 
 @register_method
@@ -89,16 +147,16 @@ class TRADES(AdversarialMethod):
     name = "trades"
 
     def __init__(self, beta: float = 6.0, eps: float | None = None, steps: int = 10, step_size: float | None = None,
-                 norm: str | None = None):
+                 norm: str | None = None, init: str = "random", preset: str | None = None):
         if beta < 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
         self.beta = beta
-        self.adversary = TrainingAttack(eps, steps, step_size, "displacement", norm)
+        self.adversary = TrainingAttack(eps, steps, step_size, "displacement", norm, init, preset)
 
     def loss(self, model, criterion, images, labels, index):
         clean = model(images)
         loss = criterion(clean, labels)
         if self.beta == 0:
             return loss
-        adversarial = model(self.adversary(model, criterion, images, labels))
+        adversarial = model(self.adversary(model, criterion, images, labels, index))
         return loss + self.beta * (1 - (adversarial * clean).sum(1)).mean()

@@ -58,7 +58,8 @@ class EAT(AdversarialMethod):
         split: ``"random"`` (default) or ``"none"`` (every member sees every sample).
         transfer: ``"ensemble"`` (default: examples crafted against the whole ensemble) or ``"self"``.
         combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
-        eps, steps, step_size, objective, norm: the training attack, as for ``pgd-at``.
+        eps, steps, step_size, objective, norm, init, preset: the training attack, as for ``pgd-at``
+            (with ``transfer: self`` and ``init: carry`` each member carries its own perturbations).
 
     Example:
         robustdml train --config configs/digits.yaml --out runs/eat method=eat method_kwargs.members=3
@@ -68,7 +69,8 @@ class EAT(AdversarialMethod):
 
     def __init__(self, members: int = 3, parts_per_member: int | None = None, split: str = "random",
                  transfer: str = "ensemble", combine: str = "mean", eps: float | None = None, steps: int = 10,
-                 step_size: float | None = None, objective: str = "displacement", norm: str | None = None):
+                 step_size: float | None = None, objective: str = "displacement", norm: str | None = None,
+                 init: str = "random", preset: str | None = None):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -82,7 +84,7 @@ class EAT(AdversarialMethod):
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
         self.members, self.parts_per_member = int(members), int(ppm)
         self.split, self.transfer, self.combine = split, transfer, combine
-        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm)
+        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset)
         self.part_of: torch.Tensor | None = None
         self.parts = member_parts(self.members, self.parts_per_member)
 
@@ -116,9 +118,9 @@ class EAT(AdversarialMethod):
         if self.transfer == "ensemble":
             # self-transfer: what fools the whole ensemble teaches every member
             if self.adversary.objective == "loss":
-                adversarial = self.adversary(_MemberStack(model), _SummedLoss(criterion), images, labels)
+                adversarial = self.adversary(_MemberStack(model), _SummedLoss(criterion), images, labels, index)
             else:
-                adversarial = self.adversary(model, None, images, labels)
+                adversarial = self.adversary(model, None, images, labels, index)
         total = images.new_zeros(())
         for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
             if not mask.any():
@@ -126,7 +128,7 @@ class EAT(AdversarialMethod):
             rows = mask.nonzero().squeeze(1).to(images.device, non_blocking=True)
             x, y = images.index_select(0, rows), labels.index_select(0, rows)
             x_adv = (adversarial.index_select(0, rows) if self.transfer == "ensemble"
-                     else self.adversary(member, member_loss, x, y))
+                     else self.adversary(member, member_loss, x, y, index[mask.to(index.device)], slot=i))
             total = total + member_loss(member(x_adv), y)
         return total
 

@@ -55,6 +55,13 @@ class RankingAdversary:
             raise ConfigError("RobRank's defences train against an L-infinity adversary; set the method's eps")
         self.bound_eps = float(self.eps if self.eps is not None else threat.eps)
 
+    def state_dict(self) -> dict:
+        """Nothing to carry between batches: every batch starts from the clean images (RobRank's)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     @property
     def step(self) -> float:
         return self.step_size if self.step_size is not None else robrank_step(self.bound_eps)

@@ -1,0 +1,60 @@
+"""Carried perturbations (ATTA: Zheng et al., "Efficient Adversarial Training with Transferable
+Adversarial Examples", arXiv 1912.11969): each training image keeps the perturbation its last
+adversary found, and the next epoch's adversary starts from it, so that a step or two per epoch
+accumulate into a strong attack.
+
+The bank holds one perturbation per training image, compactly: int8 in units of eps / 127 (every
+coordinate of a perturbation within an L∞ or an L2 ball of radius eps lies in [-eps, eps]), so a
+training set of N images of C×H×W pixels costs N·C·H·W bytes (Fashion-MNIST: 47 MB; digits: 57 KB),
+saved in every checkpoint so that ``--resume`` continues bit-identically. A perturbation follows
+its image by training-set index, wherever the sampler puts it. Read back, it is re-projected onto
+the budget and onto [0, 1] around the image it is added to.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attacks import Norm, project
+
+QUANTA = 127
+
+
+class PerturbationBank:
+    """Per-image perturbations of a training set, stored as int8 in units of ``eps / 127``."""
+
+    def __init__(self, num_samples: int, eps: float, norm: Norm):
+        self.num_samples, self.eps, self.norm = int(num_samples), float(eps), Norm(norm)
+        self.values: torch.Tensor | None = None  # (N, C, H, W) int8, allocated at the first batch
+        self.seen = torch.zeros(self.num_samples, dtype=torch.bool)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.values is None else self.values.numel()
+
+    def start(self, x: torch.Tensor, index: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """Starting perturbations of the batch ``x`` of training images ``index``: each image's
+        carried one, re-projected onto the budget around ``x``; ``fresh`` where an image has none yet."""
+        index = index.cpu()
+        if self.values is None:
+            self.values = torch.zeros((self.num_samples, *x.shape[1:]), dtype=torch.int8)
+        seen = self.seen[index]
+        if not seen.any():
+            return fresh
+        carried = self.values[index].to(x.device, torch.float32) * (self.eps / QUANTA)
+        mask = seen.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(mask, project(x, carried, self.eps, self.norm), fresh)
+
+    def keep(self, index: torch.Tensor, delta: torch.Tensor) -> None:
+        """Store the batch's final perturbations (rounded to the nearest quantum)."""
+        index = index.cpu()
+        quanta = (delta.detach().float().cpu() * (QUANTA / max(self.eps, 1e-12))).round().clamp(-QUANTA, QUANTA)
+        self.values[index] = quanta.to(torch.int8)
+        self.seen[index] = True
+
+    def state_dict(self) -> dict:
+        return {"values": self.values, "seen": self.seen.clone(), "eps": self.eps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = None if state["values"] is None else state["values"].clone()
+        self.seen = state["seen"].clone()

@@ -1,0 +1,122 @@
+"""Fast training adversaries: carried perturbations stay in the budget and in [0, 1], follow their
+image, accumulate over visits and survive --resume bit-identically; the FGSM-RS preset's step is
+1.25·eps; the default adversary is unchanged."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustdml.attacks import Norm, ThreatModel
+from robustdml.engine import config_from_dict, train
+from robustdml.engine.checkpoint import load_checkpoint
+from robustdml.errors import ConfigError
+from robustdml.methods import create_method
+from robustdml.methods.adversarial import TrainingAttack
+from robustdml.methods.base import TrainingSetup
+from robustdml.methods.carry import QUANTA, PerturbationBank
+
+FAST = {"dataset": "digits", "backbone": "small-cnn", "embedding_dim": 16, "epochs": 2, "batch_size": 64,
+        "lr": 1e-3, "proxy_lr_mult": 10.0, "robust_eval": False}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16))
+
+    def forward(self, x):
+        return F.normalize(self.body(x), dim=1)
+
+
+@pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
+def test_carried_perturbations_stay_in_the_budget_and_in_the_image_range(norm):
+    eps = 0.1
+    bank = PerturbationBank(10, eps, norm)
+    x = torch.rand(4, 1, 8, 8) * 0.6 + 0.2
+    x[0] = 1.0  # an image at the top of the range: a carried push upward must be cut
+    delta = torch.full_like(x, eps) if norm is Norm.LINF else eps * torch.ones_like(x) / 8
+    index = torch.tensor([1, 3, 5, 7])
+    bank.start(x, index, torch.zeros_like(x))
+    bank.keep(index, delta)
+    start = bank.start(x, index, torch.zeros_like(x))
+    assert ((x + start) >= 0).all() and ((x + start) <= 1).all()
+    if norm is Norm.LINF:
+        assert start.abs().max() <= eps + 1e-7
+    else:
+        assert start.flatten(1).norm(dim=1).max() <= eps + 1e-6
+    assert torch.equal(start[0], torch.zeros_like(start[0]))  # x + delta clipped back to 1
+    assert (start[1:] - delta[1:]).abs().max() <= eps / QUANTA  # the rest as kept, to a quantum
+
+
+def test_a_perturbation_follows_its_image_wherever_the_sampler_puts_it():
+    bank = PerturbationBank(10, 0.1, Norm.LINF)
+    x = torch.full((2, 1, 8, 8), 0.5)
+    first, second = torch.full((1, 1, 8, 8), 0.05), torch.full((1, 1, 8, 8), -0.03)
+    bank.start(x, torch.tensor([2, 6]), torch.zeros_like(x))
+    bank.keep(torch.tensor([2, 6]), torch.cat([first, second]))
+    fresh = torch.full_like(x, 0.09)
+    swapped = bank.start(x, torch.tensor([6, 2]), fresh)
+    assert torch.allclose(swapped[0], second[0], atol=0.1 / QUANTA) and torch.allclose(swapped[1], first[0], atol=0.1 / QUANTA)
+    unseen = bank.start(x, torch.tensor([6, 9]), fresh)
+    assert torch.equal(unseen[1], fresh[1])  # an image on its first visit starts fresh
+
+
+def test_carried_steps_accumulate_over_visits():
+    """One small step per visit: with carry the perturbation grows visit after visit, from zero it does not."""
+    model = Net().eval()
+    x = torch.rand(8, 1, 8, 8) * 0.5 + 0.25
+    index = torch.arange(8)
+    moved = {}
+    for init in ("carry", "zero"):
+        adversary = TrainingAttack(eps=0.2, steps=1, step_size=0.02, init=init)
+        adversary.num_samples = 8
+        for _ in range(5):
+            out = adversary(model, None, x, None, index)
+        moved[init] = float((out - x).abs().mean())
+    assert moved["zero"] == pytest.approx(0.02, abs=1e-6)
+    assert moved["carry"] > 3 * moved["zero"]
+
+
+def test_fgsm_rs_preset_is_one_step_of_one_and_a_quarter_eps():
+    method = create_method("pgd-at", preset="fgsm-rs")
+    method.setup(TrainingSetup(num_samples=10, seed=0, threat=ThreatModel(0.1)))
+    attack = method.adversary.attack
+    assert attack.steps == 1 and attack.step_size == pytest.approx(0.125) and attack.random_init
+    with pytest.raises(ConfigError, match="preset fgsm-rs sets steps"):
+        create_method("pgd-at", preset="fgsm-rs", steps=3)
+    with pytest.raises(ConfigError, match="init must be one of"):
+        create_method("trades", init="sometimes")
+
+
+def test_the_default_adversary_is_unchanged():
+    """init: random is today's adversary: the same adversarial batch for the same random stream."""
+    model, x = Net().eval(), torch.rand(6, 1, 8, 8)
+    before = TrainingAttack(eps=0.1, steps=3)
+    after = TrainingAttack(eps=0.1, steps=3, init="random")
+    torch.manual_seed(5)
+    a = before(model, None, x, None)
+    torch.manual_seed(5)
+    b = after(model, None, x, None, torch.arange(6))
+    assert torch.equal(a, b) and not after.banks
+
+
+@pytest.mark.parametrize("method,options", [("pgd-at", {"init": "carry", "steps": 1}),
+                                            ("eat", {"init": "carry", "steps": 1, "transfer": "self"})])
+def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp_path):
+    base = {**FAST, "method": method, "method_kwargs": options}
+    train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
+    train(config_from_dict({**base, "epochs": 2}), tmp_path / "a", resume=True, progress=False)
+    train(config_from_dict(base), tmp_path / "b", progress=False)
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    banks_a, banks_b = a["method"]["adversary"]["banks"], b["method"]["adversary"]["banks"]
+    assert set(banks_a) == set(banks_b) == ({0} if method == "pgd-at" else {0, 1, 2})
+    for slot in banks_b:
+        assert torch.equal(banks_a[slot]["values"], banks_b[slot]["values"])
+        seen = banks_b[slot]["seen"].float().mean()
+        # two epochs: pgd-at's adversary visited every training image, each EAT member those of its parts
+        assert seen == 1 if method == "pgd-at" else 0.5 < seen < 0.85
+        assert banks_b[slot]["values"].dtype == torch.int8
