@@ -17,11 +17,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import attack_speed  # noqa: E402
 import eat_speed  # noqa: E402
 import eval_speed  # noqa: E402
+import fast_adversary  # noqa: E402
 import ranking_speed  # noqa: E402
 import session_reuse  # noqa: E402
 import training_speed  # noqa: E402
 
-BENCHMARKS = [attack_speed, training_speed, eat_speed, eval_speed, ranking_speed, session_reuse]
+BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_speed, ranking_speed, session_reuse]
 
 
 def main() -> int:
