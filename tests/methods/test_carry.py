@@ -102,8 +102,10 @@ def test_the_default_adversary_is_unchanged():
     assert torch.equal(a, b) and not after.banks
 
 
-@pytest.mark.parametrize("method,options", [("pgd-at", {"init": "carry", "steps": 1}),
-                                            ("eat", {"init": "carry", "steps": 1, "transfer": "self"})])
+@pytest.mark.parametrize("method,options", [
+    ("pgd-at", {"init": "carry", "steps": 1}),
+    # three members, each carrying its own: with the slow tests (~30 s)
+    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow)])
 def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp_path):
     base = {**FAST, "method": method, "method_kwargs": options}
     train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
