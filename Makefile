@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH  ?= runs/benchmark-digits
 
-.PHONY: install demo test test-slow test-all bench bench-gpu bench-fashion-gpu clean
+.PHONY: install demo test test-slow test-all bench bench-quick bench-gpu bench-fashion-gpu clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# every benchmark on reduced sizes (noisier ratios, a few minutes)
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick
 
 # bf16 + channels_last vs fp32 `pgd-at` throughput, ResNet-50 at 224 px (needs a CUDA device)
 bench-gpu: $(STAMP)

@@ -8,6 +8,7 @@ AccuracyCalculator does (robustdml's default keeps the best of 5)."""
 from __future__ import annotations
 
 import resource
+import sys
 import statistics
 import time
 
@@ -41,12 +42,12 @@ def _bare(emb: torch.Tensor, classes: int, depth: int) -> float:
     return time.perf_counter() - start
 
 
-def run(device: torch.device) -> tuple[list[str], dict]:
+def run(device: torch.device, n: int = 60_000) -> tuple[list[str], dict]:
     """Measured in a fresh process, so the peak memory is this evaluation's own."""
     import json
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, __file__, str(n)], capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["lines"], result["details"]
 
@@ -117,5 +118,5 @@ def measure(n: int = 60_000, dim: int = 512, classes: int = 100, repeats: int = 
 
 if __name__ == "__main__":
     import json
-    lines, details = measure()
+    lines, details = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 60_000)
     print(json.dumps({"lines": lines, "details": details}))

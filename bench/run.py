@@ -1,6 +1,8 @@
-"""Run every benchmark and print one line per figure, `NAME RATIO TARGET`, then the details.
+"""Run every benchmark and print one line per figure, `NAME RATIO TARGET`, the moment it is
+measured, then the details.
 
     make bench            # or: python bench/run.py
+    make bench-quick      # every benchmark on reduced sizes (python bench/run.py --quick)
 """
 
 from __future__ import annotations
@@ -23,21 +25,25 @@ import session_reuse  # noqa: E402
 import training_speed  # noqa: E402
 
 BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_speed, ranking_speed, session_reuse]
+#: reduced sizes for --quick: the same figures, noisier, in minutes
+QUICK = {attack_speed: {"steps": 3, "batch": 8, "size": 32}, training_speed: {"steps": 3, "batch": 8, "size": 32},
+         eat_speed: {"steps": 2}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
+         session_reuse: {"images": 1_000}}
 
 
 def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    lines, details = [], {}
+    quick = "--quick" in sys.argv[1:]
+    details = {}
     for bench in BENCHMARKS:
-        figures, info = bench.run(device)
+        figures, info = bench.run(device, **(QUICK.get(bench, {}) if quick else {}))
         figures = [figures] if isinstance(figures, str) else figures
-        lines.extend(figures)
+        print("\n".join(figures), flush=True)  # each line as soon as it is measured
         details[figures[0].split()[0]] = info
-    print("\n".join(lines))
     print()
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(json.dumps({"device": machine, "torch": torch.__version__, **details}, indent=2))
+    print(json.dumps({"device": machine, "torch": torch.__version__, "quick": quick, **details}, indent=2))
     return 0
 
 
