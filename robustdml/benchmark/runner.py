@@ -144,10 +144,10 @@ class Benchmark:
         seconds = {"train": round(time.time() - started, 1)}
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
         if set(plan.run) - {"train"}:  # the model loaded once, the clean test set embedded and clustered once
-            session = EvaluationSession(load_model(run, device=resolve_device(cfg.device)), query, gallery, EvalSettings(
+            device = resolve_device(cfg.device)
+            session = EvaluationSession(load_model(run, device=device), query, gallery, EvalSettings(
                 seed=cfg.seed, kmeans_restarts=cfg.kmeans_restarts, batch_size=cfg.eval_batch_size,
-                ks=tuple(dataset_spec(cfg.dataset).recall_ks), device=resolve_device(cfg.device),
-                progress=self.progress))
+                ks=tuple(dataset_spec(cfg.dataset).recall_ks), device=device, progress=self.progress))
             for part, evaluate in (("attack", self.attacked), ("ranking", self.ranked), ("certify", self.certified)):
                 if part in plan.run:
                     started = time.time()
