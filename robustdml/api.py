@@ -163,7 +163,7 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
              suite="strong", steps: int | None = None, restarts: int | None = None, attack_kwargs: dict | None = None,
              surrogate=None, queries: int | None = None, seed: int = 0, kmeans_restarts: int = 5,
              batch_size: int = 256, image_size: int = 224, checks: bool | None = None, normalize: bool = False,
-             device=None, workers: int | None = None, progress: bool = False) -> RobustResult:
+             device=None, workers: int | None = None, progress: bool = False, partial=None) -> RobustResult:
     """Robust clustering and retrieval metrics of ``model`` on ``data``: every attack of ``suite`` at
     every budget, the worst case per metric and the honest-evaluation checks (what ``robustdml
     attack`` computes).
@@ -179,6 +179,8 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
         normalize: L2-normalise the model's embeddings (else a model whose embeddings are not unit
             norm gets a warning).
         device: default the model's own.
+        partial: a folder where finished attacks are kept as they complete; calling again with the
+            same arguments after an interruption continues from them (remove it once the result is saved).
     """
     test = resolve_data(data, gallery, root, image_size).subsample(queries, seed)
     suite = make_suite(suite, eps=eps, norm=norm, seed=seed, batch_size=batch_size, steps=steps, restarts=restarts,
@@ -189,7 +191,7 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
         seed=seed, kmeans_restarts=kmeans_restarts, batch_size=suite.batch_size, ks=test.ks, device=device,
         workers=workers, progress=progress))
     found = evaluate_robustness(model, suite=suite, threat=threat, surrogate=_surrogate(surrogate, device),
-                                checks=checks, session=session)
+                                checks=checks, session=session, partial=partial)
     found.about = {"dataset": test.name, "test_images": len(test.query)}
     return found
 

@@ -1,7 +1,9 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact, never a half-written one."""
+"""Atomic file writes (a crash mid-write leaves the previous file intact, never a half-written one),
+and the stable hash of settings that names what they produced."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -38,3 +40,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+HASH_LENGTH = 16
+
+
+def settings_hash(settings: dict) -> str:
+    """A stable hash of a JSON-able settings mapping (key order does not matter)."""
+    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]

@@ -22,7 +22,9 @@ def _commands():
             help="robust evaluation under the attack suite",
             description="Perturb every test image with each attack at each eps, cluster again and compute every "
                         "metric; report the worst case per metric and the honest-evaluation checks. Writes JSON "
-                        "and PNG plots.")),
+                        "and PNG plots. Finished attacks are kept as they complete, so a rerun of an interrupted "
+                        "run continues where it stopped; under torchrun (torchrun --nproc_per_node=K -m robustdml "
+                        "attack ...) the K processes share the work and give the figures of one.")),
         ("certify", _args_certify, dict(
             help="certified robustness of clustering and retrieval (center smoothing)",
             description="Center smoothing of the model's embedding with Gaussian noise of std SIGMA: per test "
@@ -86,6 +88,9 @@ def _args_attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="results folder (default: MODEL/attack)")
     p.add_argument("--json", help="results file (default: OUT/DATASET-SUITE.json, e.g. attack/digits-strong.json, "
                                   "plots in OUT/DATASET-SUITE/; robrank: OUT/DATASET-robrank-PROFILE.json)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore the finished pieces of an interrupted run (OUT/DATASET-SUITE.partial/) and start "
+                        "again (default: continue from them)")
     _add_eval_options(p)
     p.set_defaults(func=_cmd_attack)
 

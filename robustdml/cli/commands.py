@@ -50,7 +50,9 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_attack(args) -> int:
     from ..api import evaluate, make_suite, threat_of
+    from ..engine.distributed import init_distributed
     from ..engine.provenance import settings_hash
+    from ..evaluation.store import discard
     from .config import parse_options
 
     if args.suite == "robrank":
@@ -62,14 +64,22 @@ def _cmd_attack(args) -> int:
                        attack_kwargs=parse_options(args.attack_option))
     test = _test_data(args)
     threat_of(test, suite)  # pre-flight: a budget that cannot be meant fails here, before any work
+    rank, _, _ = init_distributed()  # under torchrun the processes share the batches of every attack
+    if rank != 0:
+        logging.getLogger("robustdml").setLevel(logging.WARNING)  # the first process reports
     model, device, workers = _load_for_evaluation(args)
+    # finished entries and batches are kept here until the result is saved: a rerun continues from them
+    partial = _results_dir(args, "attack") / f"{args.dataset}-{suite.name or 'custom-' + settings_hash(suite.to_dict())[:8]}.partial"
     found = evaluate(model, test, suite=suite, surrogate=args.surrogate, queries=args.queries, seed=args.seed,
                      kmeans_restarts=args.kmeans_restarts, normalize=args.normalize, device=device, workers=workers,
-                     progress=not args.quiet)
+                     progress=not args.quiet and rank == 0, partial=None if args.fresh else partial)
+    if rank != 0:
+        return 0
     # one file per dataset and suite: a run on other data or with another suite never replaces this one
     stem = f"{args.dataset}-{found.settings['suite'] or 'custom-' + settings_hash(found.settings)[:8]}"
     out_dir, json_path = _saved(args, "attack", stem, found)
     plots = found.plot(out_dir / stem)
+    discard(partial)
     print(found.table())
     print(f"wrote {json_path}, {', '.join(map(str, plots))}")
     return 0

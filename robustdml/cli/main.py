@@ -83,3 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustdml: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not _peer_lost(e):
+            raise
+        print("robustdml: error: another process of this torchrun launch stopped; what was finished is kept: "
+              "run the same command again to continue", file=sys.stderr)
+        return 1
+
+
+def _peer_lost(error: RuntimeError) -> bool:
+    """A collective failed because another process of the launch died (gloo and NCCL say so in words)."""
+    text = str(error)
+    return "torch.distributed" in sys.modules and any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+                            "Broken pipe"))

@@ -12,6 +12,8 @@ a slice of the test set on each rank and gathers the embeddings to rank 0, which
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -37,7 +39,16 @@ def init_distributed() -> tuple[int, int, int]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
+    signal.signal(signal.SIGTERM, _stopped_by_launcher)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def _stopped_by_launcher(signum, frame) -> None:
+    """torchrun stops the other processes when one fails: say so in one line, not a traceback.
+    Everything written so far was written atomically (checkpoints, finished evaluation pieces)."""
+    print(f"robustdml: error: process {os.environ.get('RANK', '?')} stopped: another process of this torchrun launch "
+          "failed; what was finished is kept: run the same command again to continue", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def barrier() -> None:

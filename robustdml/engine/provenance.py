@@ -8,8 +8,6 @@ make every result stale, it makes it traceable.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import subprocess
 from functools import lru_cache
@@ -18,13 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HASH_LENGTH = 16
+from ..files import settings_hash
 
-
-def settings_hash(settings: dict) -> str:
-    """A stable hash of a JSON-able settings mapping (key order does not matter)."""
-    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+__all__ = ["git_commit", "settings_hash", "software_versions"]
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,7 +29,10 @@ from . import combine
 from .metrics import metric_names
 from .results import RobustResult, Sample
 from .robust_checks import run_checks
+from .perturb import joined
 from .session import EvalSettings, EvaluationSession
+from .shards import gather_counts
+from .store import EntryFiles, PartialResults, fingerprint
 from .suite import AttackSpec, AttackSuite
 from .worst import eps_key, strongest as _strongest, worst_case
 
@@ -55,8 +59,8 @@ class SuiteRun:
     clustering-level combinations."""
 
     def __init__(self, session: EvaluationSession, suite: AttackSuite, threat: ThreatModel, specs: list[AttackSpec],
-                 samples: int):
-        self.session, self.suite, self.threat, self.samples = session, suite, threat, samples
+                 samples: int, saved: PartialResults | None = None):
+        self.session, self.suite, self.threat, self.samples, self.saved = session, suite, threat, samples, saved
         self.specs = {s.label: s for s in specs}
         self.members: list[EvaluationSession] = []
         model = session.model
@@ -90,14 +94,34 @@ class SuiteRun:
             trace_at: tuple[int, ...] = ()) -> _Outcome:
         spec = self.specs[label]
         attack = self.suite.build(spec, eps, self.threat, steps_scale=steps_scale, extra_restarts=extra_restarts)
-        desc = f"{label} eps={eps_key(eps)}"
-        if spec.member is not None:
-            crafted_on = self.members[spec.member]
-            emb, first, traced = crafted_on.attack(attack, desc, victim=self.session.model, trace_at=trace_at)
+        entry = self._entry(spec, eps, steps_scale, extra_restarts, trace_at)
+        if entry is not None and (whole := entry.load()) is not None:
+            emb, first, traced = joined({0: whole}, trace_at)
         else:
-            emb, first, traced = self.session.attack(attack, desc, self.samples, trace_at=trace_at)
+            crafted_on, samples = (self.members[spec.member], 0) if spec.member is not None else (self.session, self.samples)
+            emb, first, traced = crafted_on.attack(attack, f"{label} eps={eps_key(eps)}", samples,
+                                                   victim=self.session.model, trace_at=trace_at, saved=entry)
+            if entry is not None:
+                entry.save(_part(emb, first, traced))
         metrics = self.session.metrics
         return _Outcome(metrics(emb), emb, first, {i: metrics(e) for i, e in traced.items()})
+
+    def _entry(self, spec: AttackSpec, eps: float, steps_scale: int, extra_restarts: int,
+               trace_at: tuple[int, ...]) -> EntryFiles | None:
+        """The files of one entry: named by everything that decides its perturbations."""
+        if self.saved is None:
+            return None
+        suite = self.suite
+        return self.saved.entry({
+            "label": spec.label, "attack": spec.attack, "options": spec.options, "member": spec.member,
+            "eps": eps_key(eps), "steps": int(spec.options.get("steps", suite.steps)) * steps_scale,
+            "restarts": int(spec.options.get("restarts", suite.restarts)) + extra_restarts,
+            "norm": suite.norm or self.threat.norm.value, "step_factor": suite.step_factor, "seed": suite.seed,
+            "batch_size": self.session.settings.batch_size, "samples": self.samples, "trace_at": list(trace_at)})
+
+    def forwards(self) -> float:
+        """Images this process passed through the model (or its members) while attacking."""
+        return self.session.forwards + sum(m.forwards for m in self.members)
 
     def at_eps(self, eps: float, labels: list[str] | None = None) -> dict[str, _Outcome]:
         """Every entry (or those in ``labels``) at ``eps``, then the combinations of their candidates."""
@@ -134,7 +158,8 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset | None = None, gall
                         suite: AttackSuite | None = None, *, threat: ThreatModel | float | str, ks=(1, 2, 4, 8),
                         device: str | torch.device = "cpu", surrogate: nn.Module | None = None, kmeans_seed: int = 0,
                         kmeans_restarts: int = 5, checks: bool | None = None, samples: int = 8, workers: int = 0,
-                        progress: bool = False, session: EvaluationSession | None = None) -> RobustResult:
+                        progress: bool = False, session: EvaluationSession | None = None,
+                        partial: str | Path | None = None) -> RobustResult:
     """Every attack of ``suite`` (default: ``strong``) at every eps on the whole test set, the worst
     case per metric and the honest-evaluation checks (``checks``: default the suite's).
 
@@ -146,6 +171,8 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset | None = None, gall
         samples: images kept for the picture of the attack with the worst NMI at the main eps.
         session: an :class:`EvaluationSession` already built on the model and test data (its clean
             state reused; then the data, ``ks``, ``device``, k-means and loader arguments are its own).
+        partial: a folder for the finished entries and batches (:mod:`.store`): a rerun of the same
+            evaluation reads them back and continues where an interrupted one stopped.
 
     Example:
         >>> result = evaluate_robustness(model, query, None, AttackSuite("strong"), threat=ThreatModel(0.1))
@@ -163,9 +190,22 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset | None = None, gall
         session = session.sharing(surrogate, plan_seed=suite.seed)
     specs = _runnable(suite.specs(), session.surrogate)
     with eval_mode(session.model, session.surrogate):  # evaluation never changes the model: mode given back
-        found = _run_suite(SuiteRun(session, suite, threat, specs, samples), checks)
+        saved = None if partial is None else PartialResults(partial, fingerprint(session, suite, threat))
+        run = SuiteRun(session, suite, threat, specs, samples, saved)
+        found = _run_suite(run, checks)
+    if saved is not None:
+        log.info("%s", saved.summary())
+    log.info("attack passes per process: %s", gather_counts(round(run.forwards())))
     found.seconds = time.time() - start
     return found
+
+
+def _part(emb: torch.Tensor, first: tuple, traced: dict) -> dict[str, torch.Tensor]:
+    """One entry's adversarial embeddings (and first images, traced embeddings) as one saved piece."""
+    part = {"emb": emb, **{f"trace{i}": e for i, e in traced.items()}}
+    if first[0] is not None:
+        part.update(clean=first[0], adv=first[1])
+    return part
 
 
 def _runnable(specs: list[AttackSpec], surrogate) -> list[AttackSpec]:

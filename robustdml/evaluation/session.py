@@ -8,6 +8,11 @@ robust evaluation (:mod:`.robust`), RobRank's ranking protocol (:mod:`.ranking`)
 certificates (:mod:`.certify`) are protocols over it; a benchmark cell builds one session and
 every part of the cell reads the same clean state.
 
+Under ``torchrun`` the processes share one session (:mod:`.shards`): the first computes the clean
+state, the plans and the metrics and sends them to the others, each perturbs its share of the
+batches, and the perturbed embeddings are gathered to all. With a :class:`~.store.EntryFiles`
+the attack writes every finished batch to disk and a rerun reads them back.
+
 >>> session = EvaluationSession(model, query_set, settings=EvalSettings(seed=0, ks=(1, 2, 4, 8)))
 >>> session.clean                      # clean metrics, the clustering computed once
 >>> session.for_model(member)          # the same data and settings, another model
@@ -31,6 +36,9 @@ from ..data import IndexedDataset
 from ..errors import ConfigError
 from .embed import embed
 from .metrics import cluster_scores, kmeans, retrieval_metrics
+from .perturb import perturb_pool
+from .shards import first_computes
+from .store import EntryFiles
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ class EvaluationSession:
         # reference set of the retrieval attacks and metrics: the clean gallery (or the clean pool)
         self.ref_offset = self.n_query if self.has_gallery else 0
         self._plans: dict[str, torch.Tensor | None] = {}
+        self.forwards = 0.0  # images this process passed through the model while attacking
         self._once: dict = {}  # the clean state, computed on first use; shared by the sessions of sharing()
 
     def _cached(self, key, compute: Callable):
@@ -105,8 +114,8 @@ class EvaluationSession:
     # --- the clean state, each computed once --------------------------------------------------------
     @property
     def _embedded(self) -> tuple[torch.Tensor, np.ndarray]:
-        return self._cached("embedded", lambda: embed(self.model, self.pool, self.settings.batch_size, self.device,
-                                                      self.settings.workers))
+        return self._cached("embedded", lambda: first_computes(lambda: embed(
+            self.model, self.pool, self.settings.batch_size, self.device, self.settings.workers)))
 
     @property
     def clean_emb(self) -> torch.Tensor:
@@ -133,9 +142,8 @@ class EvaluationSession:
     @property
     def _clustering(self) -> tuple[np.ndarray, torch.Tensor]:
         def cluster():
-            clusters, centroids = kmeans(self.clean_emb.numpy(), self.classes, seed=self.settings.seed,
-                                         restarts=self.settings.kmeans_restarts)
-            return clusters, torch.from_numpy(centroids)
+            emb, k = self.clean_emb, self.classes  # on every process: first_computes runs its function on one
+            return first_computes(lambda: _clustered(emb, k, self.settings))
         return self._cached("clustering", cluster)
 
     @property
@@ -165,7 +173,11 @@ class EvaluationSession:
     # --- metrics -------------------------------------------------------------------------------------
     def metrics(self, pool_emb: torch.Tensor, clusters: np.ndarray | None = None) -> dict[str, float]:
         """Every registered metric of pool embeddings (adversarial queries against the clean
-        gallery): one k-means (unless ``clusters`` are given) and one kNN search."""
+        gallery): one k-means (unless ``clusters`` are given) and one kNN search (by the first process)."""
+        self._embedded  # on every process: first_computes runs its function on one, which must not need another
+        return first_computes(lambda: self._metrics(pool_emb, clusters))
+
+    def _metrics(self, pool_emb: torch.Tensor, clusters: np.ndarray | None) -> dict[str, float]:
         if clusters is None:
             clusters, _ = kmeans(pool_emb.numpy(), self.classes, seed=self.settings.seed,
                                  restarts=self.settings.kmeans_restarts)
@@ -185,7 +197,8 @@ class EvaluationSession:
         """The attack's per-sample targets for the whole pool, computed once per attack class."""
         name = type(attack).__name__
         if name not in self._plans:
-            self._plans[name] = attack.plan(self.clean_pool)
+            pool = self.clean_pool  # on every process (first_computes runs its function on one)
+            self._plans[name] = first_computes(lambda: attack.plan(pool))
         return self._plans[name]
 
     def context(self, labels: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None) -> AttackContext:
@@ -209,22 +222,12 @@ class EvaluationSession:
             yield images.to(self.device, non_blocking=True), labels, index
 
     def attack(self, attack: Attack, desc: str = "", samples: int = 0, victim: nn.Module | None = None,
-               trace_at: tuple[int, ...] = ()):
+               trace_at: tuple[int, ...] = (), saved: EntryFiles | None = None):
         """Perturb the whole pool with ``attack`` crafted on this session's model; ``victim``
-        (default: that model) embeds the result. Returns (adversarial embeddings, (clean,
-        adversarial) first images, {iteration: embeddings} at ``trace_at``)."""
-        victim = victim or self.model
-        targets = self.plan(attack)
-        adv_emb, first, traced = [], (None, None), {i: [] for i in trace_at}
-        for images, labels, index in self.batches(desc=desc):
-            attack.trace = _tracer(victim, images, traced) if trace_at else None
-            x_adv = attack(self.model, images, self.context(labels, index, targets))
-            with torch.no_grad():
-                adv_emb.append(victim(x_adv).float().cpu())
-            if index[0] == 0 and samples:
-                first = (images[:samples].cpu(), x_adv[:samples].cpu())
-        attack.trace = None
-        return torch.cat(adv_emb), first, {i: torch.cat(e) for i, e in traced.items() if e}
+        (default: that model) embeds the result; ``saved``: where finished batches are kept (and
+        read back). Returns (adversarial embeddings, (clean, adversarial) first images,
+        {iteration: embeddings} at ``trace_at``)."""
+        return perturb_pool(self, attack, desc, samples, victim or self.model, trace_at, saved)
 
     # --- related sessions ----------------------------------------------------------------------------
     def sharing(self, surrogate: nn.Module | None = None, plan_seed: int | None = None) -> "EvaluationSession":
@@ -247,9 +250,6 @@ class EvaluationSession:
                                  self.settings, self.surrogate, self.plan_seed)
 
 
-def _tracer(victim: nn.Module, images: torch.Tensor, traced: dict) -> Callable[[int, torch.Tensor], None]:
-    def record(iteration: int, delta: torch.Tensor) -> None:
-        if iteration in traced:
-            with torch.no_grad():
-                traced[iteration].append(victim(images + delta).float().cpu())
-    return record
+def _clustered(emb: torch.Tensor, k: int, settings: EvalSettings) -> tuple[np.ndarray, torch.Tensor]:
+    clusters, centroids = kmeans(emb.numpy(), k, seed=settings.seed, restarts=settings.kmeans_restarts)
+    return clusters, torch.from_numpy(centroids)

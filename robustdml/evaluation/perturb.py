@@ -1,0 +1,102 @@
+"""The one loop that perturbs a session's test pool a batch at a time: this process's share of the
+batches under ``torchrun`` (:mod:`.shards`), the batches already on disk read back instead
+(:mod:`.store`), and the passes through the model counted.
+
+A batch's piece is ``{"emb": adversarial embeddings, "trace<I>": embeddings at iteration I, and in
+batch 0 "clean", "adv": the first images}``; :func:`joined` puts the pieces together.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attacks import Attack
+from ..models import EnsembleNet
+from .shards import gather_parts, shard
+from .store import EntryFiles, Part
+
+if TYPE_CHECKING:
+    from .session import EvaluationSession
+
+
+def perturb_pool(session: "EvaluationSession", attack: Attack, desc: str, samples: int, victim: nn.Module,
+                 trace_at: tuple[int, ...], saved: EntryFiles | None):
+    """:meth:`EvaluationSession.attack`: (adversarial embeddings, first images, traced embeddings)."""
+    targets = session.plan(attack)
+    parts: dict[int, Part] = {}
+    with _counting(session), _tracing(attack):
+        for number, (images, labels, index) in _shard_batches(session, saved, parts, desc):
+            part = parts[number] = {}
+            attack.trace = _tracer(victim, images, part, trace_at) if trace_at else None
+            x_adv = attack(session.model, images, session.context(labels, index, targets))
+            with torch.no_grad():
+                part["emb"] = victim(x_adv).float().cpu()
+            if number == 0 and samples:
+                part.update(clean=images[:samples].cpu(), adv=x_adv[:samples].cpu())
+            if saved is not None:
+                saved.save_batch(number, part)
+    return joined(gather_parts(parts), trace_at)
+
+
+def joined(parts: dict[int, Part], trace_at: tuple[int, ...] = ()):
+    """The batches' pieces (batch number -> piece) as (embeddings, (clean, adversarial) first
+    images, {iteration: embeddings})."""
+    ordered = [parts[b] for b in sorted(parts)]
+    first = (ordered[0]["clean"], ordered[0]["adv"]) if ordered and "clean" in ordered[0] else (None, None)
+    traced = {i: torch.cat([p[f"trace{i}"] for p in ordered]) for i in trace_at if f"trace{i}" in ordered[0]}
+    return torch.cat([p["emb"] for p in ordered]), first, traced
+
+
+def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts: dict, desc: str):
+    """(batch number, batch) of this process's share of the pool's batches (batch ``b`` to process
+    ``b mod K``) that ``saved`` does not hold already (those go into ``parts``, unread from the data)."""
+    rank, world = shard()
+    size, n = session.settings.batch_size, len(session.pool)
+    todo = []
+    for number in range(rank, -(-n // size), world):
+        found = saved.batch(number) if saved is not None else None
+        if found is None:
+            todo.append(number)
+        else:
+            parts[number] = found
+    positions = np.concatenate([np.arange(b * size, min((b + 1) * size, n)) for b in todo]) if todo else []
+    yield from zip(todo, session.batches(positions, desc=desc))
+
+
+@contextmanager
+def _counting(session: "EvaluationSession"):
+    """Add the images passed through the model to ``session.forwards`` (an ensemble: through its
+    members, whose forwards the reweighted objective calls directly, divided by their number)."""
+    model = session.model
+    counted = list(model.members) if isinstance(model, EnsembleNet) else [model]
+
+    def count(module, inputs, output) -> None:
+        session.forwards += len(inputs[0]) / len(counted)
+    hooks = [m.register_forward_hook(count) for m in counted]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextmanager
+def _tracing(attack: Attack):
+    try:
+        yield
+    finally:
+        attack.trace = None
+
+
+def _tracer(victim: nn.Module, images: torch.Tensor, part: dict,
+            trace_at: tuple[int, ...]) -> Callable[[int, torch.Tensor], None]:
+    def record(iteration: int, delta: torch.Tensor) -> None:
+        if iteration in trace_at:
+            with torch.no_grad():
+                part[f"trace{iteration}"] = victim(images + delta).float().cpu()
+    return record
