@@ -18,17 +18,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import attack_speed  # noqa: E402
 import eat_speed  # noqa: E402
+import eval_scale  # noqa: E402
 import eval_speed  # noqa: E402
 import fast_adversary  # noqa: E402
 import ranking_speed  # noqa: E402
 import session_reuse  # noqa: E402
 import training_speed  # noqa: E402
 
-BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_speed, ranking_speed, session_reuse]
+BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_speed, ranking_speed, session_reuse,
+              eval_scale]
 #: reduced sizes for --quick: the same figures, noisier, in minutes
 QUICK = {attack_speed: {"steps": 3, "batch": 8, "size": 32}, training_speed: {"steps": 3, "batch": 8, "size": 32},
          eat_speed: {"steps": 2}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
-         session_reuse: {"images": 1_000}}
+         session_reuse: {"images": 1_000}, eval_scale: {"images": 6_000}}
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ from ..evaluation.ranking import evaluate_ranking, query_subset
 from ..evaluation.results import schema
 from ..evaluation.robust import eps_key, evaluate_robustness
 from ..evaluation.session import EvalSettings, EvaluationSession
+from ..evaluation.store import discard
 from ..files import write_json, write_text
 from ..models import load_model
 from ..reporting.tsne import tsne_points
@@ -30,6 +31,10 @@ from .folders import config_changed, locked, read_finished, set_aside
 from .plan import PART_KEYS, CellPlan, differences, held_parts, model_files_hash, plan_line
 
 log = logging.getLogger(__name__)
+
+# the attack part's finished entries, kept until the cell's result is written: a killed benchmark
+# continues the cell's attack where it stopped
+ATTACK_PARTIAL = "attack.partial"
 
 
 class Benchmark:
@@ -67,6 +72,8 @@ class Benchmark:
                           "traceback": traceback.format_exc(limit=5), "seconds": round(time.time() - start, 1)}
                 statuses[name] = "failed"
             write_json(result_path, result)
+            if result["status"] == "ok":
+                discard(self.out / "cells" / name / ATTACK_PARTIAL)
         return statuses
 
     # --- settings of each part ---------------------------------------------------------------------
@@ -185,7 +192,7 @@ class Benchmark:
             session = session.with_queries(query_subset(session.n_query, self.cfg.attack_queries, cfg.seed))
         found = evaluate_robustness(session.model, suite=self.cfg.suite(cfg), threat=ThreatModel.of(cfg.dataset),
                                     surrogate=load_model(surrogate_run, session.device) if surrogate_run else None,
-                                    session=session)
+                                    session=session, partial=self.out / "cells" / cell_name(cell) / ATTACK_PARTIAL)
         result = {**found.to_dict(), "main_eps_key": eps_key(found.main_eps), "test_images": session.n_query}
         result.pop("schema")  # a cell holds several results: each of its nested ones names its own
         if cell["method"] in TSNE_METHODS and cell["backbone"] != SAVED and cell["seed"] == min(self.cfg.grid["seed"]):

@@ -28,6 +28,23 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _first_process_only(command):
+    """A command not shared among the processes of a ``torchrun`` launch: the first runs it, the
+    others leave at once (and wait for it in the closing barrier)."""
+    def run(args) -> int:
+        from ..engine.distributed import init_distributed
+        rank, world, _ = init_distributed()
+        if rank != 0:
+            return 0
+        if world > 1:
+            log.warning("%s runs in the first of the %d processes (only the attack suite is shared)",
+                        command.__name__.removeprefix("_cmd_").replace("_", " "), world)
+        return command(args)
+    run.__name__ = command.__name__
+    return run
+
+
+@_first_process_only
 def _cmd_evaluate(args) -> int:
     from ..api import checked_model
     from ..evaluation import clean_metrics
@@ -85,6 +102,7 @@ def _cmd_attack(args) -> int:
     return 0
 
 
+@_first_process_only
 def _cmd_certify(args) -> int:
     from ..api import certify
 
@@ -103,6 +121,7 @@ def _cmd_certify(args) -> int:
     return 0
 
 
+@_first_process_only
 def _cmd_attack_ranking(args) -> int:
     """RobRank's attacks under one profile (rob28 for images up to 32 px, else rob224), and the ERS."""
     from ..api import evaluate_ranking

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CHUNK = 2048  # images per block, so no (candidates x images x clusters or gallery) array is built whole
+CHUNK = 2048  # images per block, so no (candidates x images x clusters) array is built whole
+SIMILARITIES = 1 << 24  # query-gallery similarities held at once (64 MB of float32), whatever the gallery's size
 
 
 def _margins(candidates: torch.Tensor, centroids: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
@@ -64,20 +65,26 @@ def retrieval_choice(candidates: torch.Tensor, queries: int, reference: torch.Te
                      labels: torch.Tensor, self_index: torch.Tensor, centroids: torch.Tensor,
                      clusters: torch.Tensor) -> torch.Tensor:
     """(N,) per query (the first ``queries`` images) the candidate with the largest retrieval margin;
-    the other images (a gallery) by centroid margin."""
+    the other images (a gallery) by centroid margin. One candidate and a block of queries at a
+    time, so memory stays at ``SIMILARITIES`` similarities for any test set."""
     chosen = margin_choice(candidates, centroids, clusters)
-    for lo in range(0, queries, CHUNK):
-        hi = min(lo + CHUNK, queries)
+    rows = max(1, SIMILARITIES // max(1, len(reference)))
+    for lo in range(0, queries, rows):
+        hi = min(lo + rows, queries)
         same = labels[lo:hi, None] == reference_labels[None, :]
         own = torch.zeros_like(same)
-        rows = torch.nonzero(self_index[lo:hi] >= 0).squeeze(1)
-        own[rows, self_index[lo:hi][rows]] = True
-        sims = candidates[:, lo:hi] @ reference.T  # (A, n, M)
-        negative = sims.masked_fill(same, -torch.inf).amax(2)
-        positive = sims.masked_fill(~same | own, -torch.inf).amax(2)
-        margin = torch.nan_to_num(negative - positive, nan=-torch.inf)
-        chosen[lo:hi] = margin.argmax(0)
+        has_own = torch.nonzero(self_index[lo:hi] >= 0).squeeze(1)
+        own[has_own, self_index[lo:hi][has_own]] = True
+        margins = torch.stack([_retrieval_margin(c[lo:hi] @ reference.T, same, own) for c in candidates])
+        chosen[lo:hi] = margins.argmax(0)
     return chosen
+
+
+def _retrieval_margin(sims: torch.Tensor, same: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """(n,) nearest other-class similarity minus nearest same-class one (not the query itself)."""
+    negative = sims.masked_fill(same, -torch.inf).amax(1)
+    positive = sims.masked_fill_(~same | own, -torch.inf).amax(1)
+    return torch.nan_to_num(negative - positive, nan=-torch.inf)
 
 
 def pick(candidates: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:

@@ -70,13 +70,13 @@ def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts
 
 @contextmanager
 def _counting(session: "EvaluationSession"):
-    """Add the images passed through the model to ``session.forwards`` (an ensemble: through its
+    """Count the images passed through the model in ``session.forwards`` (an ensemble: through its
     members, whose forwards the reweighted objective calls directly, divided by their number)."""
     model = session.model
     counted = list(model.members) if isinstance(model, EnsembleNet) else [model]
 
     def count(module, inputs, output) -> None:
-        session.forwards += len(inputs[0]) / len(counted)
+        session.count_forwards(len(inputs[0]) / len(counted))
     hooks = [m.register_forward_hook(count) for m in counted]
     try:
         yield

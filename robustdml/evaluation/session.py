@@ -99,13 +99,22 @@ class EvaluationSession:
         # reference set of the retrieval attacks and metrics: the clean gallery (or the clean pool)
         self.ref_offset = self.n_query if self.has_gallery else 0
         self._plans: dict[str, torch.Tensor | None] = {}
-        self.forwards = 0.0  # images this process passed through the model while attacking
+        self._work = {"forwards": 0.0}  # shared with the sessions of sharing(), as the clean state is
         self._once: dict = {}  # the clean state, computed on first use; shared by the sessions of sharing()
 
     def _cached(self, key, compute: Callable):
         if key not in self._once:
             self._once[key] = compute()
         return self._once[key]
+
+    @property
+    def forwards(self) -> float:
+        """Images this process passed through the model while attacking (this session and those of
+        :meth:`sharing`)."""
+        return self._work["forwards"]
+
+    def count_forwards(self, images: float) -> None:
+        self._work["forwards"] += images
 
     @property
     def device(self) -> torch.device:
