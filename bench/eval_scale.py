@@ -101,7 +101,8 @@ def split_worker(out: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     data, model = _synthetic(E2_IMAGES, 20, 8, 1), _model(1)
-    session = EvaluationSession(model, data, settings=EvalSettings(seed=0, kmeans_restarts=2, batch_size=E2_BATCH))
+    session = EvaluationSession(model, data, settings=EvalSettings(seed=0, kmeans_restarts=2, batch_size=E2_BATCH,
+                                                                   distributed=True))
     suite = AttackSuite(["centroid-balanced", "displacement", "retrieval"], steps=10, checks=False,
                         batch_size=E2_BATCH)
     start = time.time()

@@ -163,7 +163,8 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
              suite="strong", steps: int | None = None, restarts: int | None = None, attack_kwargs: dict | None = None,
              surrogate=None, queries: int | None = None, seed: int = 0, kmeans_restarts: int = 5,
              batch_size: int = 256, image_size: int = 224, checks: bool | None = None, normalize: bool = False,
-             device=None, workers: int | None = None, progress: bool = False, partial=None) -> RobustResult:
+             device=None, workers: int | None = None, progress: bool = False, partial=None,
+             distributed: bool = False) -> RobustResult:
     """Robust clustering and retrieval metrics of ``model`` on ``data``: every attack of ``suite`` at
     every budget, the worst case per metric and the honest-evaluation checks (what ``robustdml
     attack`` computes).
@@ -181,6 +182,8 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
         device: default the model's own.
         partial: a folder where finished attacks are kept as they complete; calling again with the
             same arguments after an interruption continues from them (remove it once the result is saved).
+        distributed: share the attacks' batches among the processes of the open process group
+            (every process calls this; under ``torchrun``), each getting the whole result.
     """
     test = resolve_data(data, gallery, root, image_size).subsample(queries, seed)
     suite = make_suite(suite, eps=eps, norm=norm, seed=seed, batch_size=batch_size, steps=steps, restarts=restarts,
@@ -189,7 +192,7 @@ def evaluate(model: nn.Module, data, *, gallery=None, root=None, eps=None, norm:
     model, device, workers = checked_model(model, test, device, normalize, workers)
     session = EvaluationSession(model, test.query, test.gallery, EvalSettings(
         seed=seed, kmeans_restarts=kmeans_restarts, batch_size=suite.batch_size, ks=test.ks, device=device,
-        workers=workers, progress=progress))
+        workers=workers, progress=progress, distributed=distributed))
     found = evaluate_robustness(model, suite=suite, threat=threat, surrogate=_surrogate(surrogate, device),
                                 checks=checks, session=session, partial=partial)
     found.about = {"dataset": test.name, "test_images": len(test.query)}

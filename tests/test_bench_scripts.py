@@ -11,6 +11,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_speed.py"
 
 
+@pytest.mark.slow  # ~11 s of a subprocess
 def test_gpu_benchmark_smoke_run_on_cpu():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--backbone", "resnet18", "--size", "32",
                            "--batch", "4", "--steps", "1", "--repeats", "1"], capture_output=True, text=True)

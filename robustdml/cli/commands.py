@@ -81,7 +81,7 @@ def _cmd_attack(args) -> int:
                        attack_kwargs=parse_options(args.attack_option))
     test = _test_data(args)
     threat_of(test, suite)  # pre-flight: a budget that cannot be meant fails here, before any work
-    rank, _, _ = init_distributed()  # under torchrun the processes share the batches of every attack
+    rank, world, _ = init_distributed()  # under torchrun the processes share the batches of every attack
     if rank != 0:
         logging.getLogger("robustdml").setLevel(logging.WARNING)  # the first process reports
     model, device, workers = _load_for_evaluation(args)
@@ -89,7 +89,8 @@ def _cmd_attack(args) -> int:
     partial = _results_dir(args, "attack") / f"{args.dataset}-{suite.name or 'custom-' + settings_hash(suite.to_dict())[:8]}.partial"
     found = evaluate(model, test, suite=suite, surrogate=args.surrogate, queries=args.queries, seed=args.seed,
                      kmeans_restarts=args.kmeans_restarts, normalize=args.normalize, device=device, workers=workers,
-                     progress=not args.quiet and rank == 0, partial=None if args.fresh else partial)
+                     progress=not args.quiet and rank == 0, partial=None if args.fresh else partial,
+                     distributed=world > 1)
     if rank != 0:
         return 0
     # one file per dataset and suite: a run on other data or with another suite never replaces this one

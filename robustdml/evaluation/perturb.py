@@ -17,7 +17,6 @@ from torch import nn
 
 from ..attacks import Attack
 from ..models import EnsembleNet
-from .shards import gather_parts, shard
 from .store import EntryFiles, Part
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def perturb_pool(session: "EvaluationSession", attack: Attack, desc: str, sample
                 part.update(clean=images[:samples].cpu(), adv=x_adv[:samples].cpu())
             if saved is not None:
                 saved.save_batch(number, part)
-    return joined(gather_parts(parts), trace_at)
+    return joined(session.shards.gather_parts(parts), trace_at)
 
 
 def joined(parts: dict[int, Part], trace_at: tuple[int, ...] = ()):
@@ -55,7 +54,7 @@ def joined(parts: dict[int, Part], trace_at: tuple[int, ...] = ()):
 def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts: dict, desc: str):
     """(batch number, batch) of this process's share of the pool's batches (batch ``b`` to process
     ``b mod K``) that ``saved`` does not hold already (those go into ``parts``, unread from the data)."""
-    rank, world = shard()
+    rank, world = session.shards.rank, session.shards.world
     size, n = session.settings.batch_size, len(session.pool)
     todo = []
     for number in range(rank, -(-n // size), world):

@@ -31,7 +31,6 @@ from .results import RobustResult, Sample
 from .robust_checks import run_checks
 from .perturb import joined
 from .session import EvalSettings, EvaluationSession
-from .shards import gather_counts
 from .store import EntryFiles, PartialResults, fingerprint
 from .suite import AttackSpec, AttackSuite
 from .worst import eps_key, strongest as _strongest, worst_case
@@ -190,12 +189,13 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset | None = None, gall
         session = session.sharing(surrogate, plan_seed=suite.seed)
     specs = _runnable(suite.specs(), session.surrogate)
     with eval_mode(session.model, session.surrogate):  # evaluation never changes the model: mode given back
-        saved = None if partial is None else PartialResults(partial, fingerprint(session, suite, threat))
+        saved = None if partial is None else PartialResults(partial, fingerprint(session, suite, threat),
+                                                             session.shards)
         run = SuiteRun(session, suite, threat, specs, samples, saved)
         found = _run_suite(run, checks)
     if saved is not None:
         log.info("%s", saved.summary())
-    log.info("attack passes per process: %s", gather_counts(round(run.forwards())))
+    log.info("attack passes per process: %s", session.shards.gather_counts(round(run.forwards())))
     found.seconds = time.time() - start
     return found
 

@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from .embed import embed
 from .metrics import cluster_scores, kmeans, retrieval_metrics
 from .perturb import perturb_pool
-from .shards import first_computes
+from .shards import Shards
 from .store import EntryFiles
 
 
@@ -53,6 +53,8 @@ class EvalSettings:
         device: where the model runs.
         workers: data-loading processes.
         progress: progress bars.
+        distributed: share the work among the processes of the open process group (``torchrun``;
+            :mod:`.shards`); default one process, whatever is open.
     """
 
     seed: int = 0
@@ -62,6 +64,7 @@ class EvalSettings:
     device: str | torch.device = "cpu"
     workers: int = 0
     progress: bool = False
+    distributed: bool = False
 
     def __post_init__(self):
         for name in ("kmeans_restarts", "batch_size"):
@@ -99,6 +102,7 @@ class EvaluationSession:
         # reference set of the retrieval attacks and metrics: the clean gallery (or the clean pool)
         self.ref_offset = self.n_query if self.has_gallery else 0
         self._plans: dict[str, torch.Tensor | None] = {}
+        self.shards = Shards.of_launch() if self.settings.distributed else Shards()
         self._work = {"forwards": 0.0}  # shared with the sessions of sharing(), as the clean state is
         self._once: dict = {}  # the clean state, computed on first use; shared by the sessions of sharing()
 
@@ -123,7 +127,7 @@ class EvaluationSession:
     # --- the clean state, each computed once --------------------------------------------------------
     @property
     def _embedded(self) -> tuple[torch.Tensor, np.ndarray]:
-        return self._cached("embedded", lambda: first_computes(lambda: embed(
+        return self._cached("embedded", lambda: self.shards.first_computes(lambda: embed(
             self.model, self.pool, self.settings.batch_size, self.device, self.settings.workers)))
 
     @property
@@ -152,7 +156,7 @@ class EvaluationSession:
     def _clustering(self) -> tuple[np.ndarray, torch.Tensor]:
         def cluster():
             emb, k = self.clean_emb, self.classes  # on every process: first_computes runs its function on one
-            return first_computes(lambda: _clustered(emb, k, self.settings))
+            return self.shards.first_computes(lambda: _clustered(emb, k, self.settings))
         return self._cached("clustering", cluster)
 
     @property
@@ -183,8 +187,8 @@ class EvaluationSession:
     def metrics(self, pool_emb: torch.Tensor, clusters: np.ndarray | None = None) -> dict[str, float]:
         """Every registered metric of pool embeddings (adversarial queries against the clean
         gallery): one k-means (unless ``clusters`` are given) and one kNN search (by the first process)."""
-        self._embedded  # on every process: first_computes runs its function on one, which must not need another
-        return first_computes(lambda: self._metrics(pool_emb, clusters))
+        self._embedded  # on every process: first_computes runs its function on one, which must not call it
+        return self.shards.first_computes(lambda: self._metrics(pool_emb, clusters))
 
     def _metrics(self, pool_emb: torch.Tensor, clusters: np.ndarray | None) -> dict[str, float]:
         if clusters is None:
@@ -206,8 +210,8 @@ class EvaluationSession:
         """The attack's per-sample targets for the whole pool, computed once per attack class."""
         name = type(attack).__name__
         if name not in self._plans:
-            pool = self.clean_pool  # on every process (first_computes runs its function on one)
-            self._plans[name] = first_computes(lambda: attack.plan(pool))
+            pool = self.clean_pool  # on every process (shards.first_computes runs its function on one)
+            self._plans[name] = self.shards.first_computes(lambda: attack.plan(pool))
         return self._plans[name]
 
     def context(self, labels: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None) -> AttackContext:

@@ -8,11 +8,14 @@ the clean embeddings, the clean clustering, the attacks' planned targets, the me
 attack — is computed once, by the first process, and sent to the others; the perturbed batches'
 embeddings are gathered to every process.
 
-In a single process every function here is the identity (no process group is needed).
+Sharing is asked for (``EvalSettings(distributed=True)``, which the ``attack`` command sets under
+torchrun), never inferred from an open process group: training's robust validation runs in its
+first process alone while the group is open. ``Shards()`` is one process: every method the identity.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch.distributed as dist
@@ -20,43 +23,49 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
-def shard() -> tuple[int, int]:
-    """(this process's rank, the number of processes) of the evaluation: (0, 1) without a group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+@dataclass(frozen=True)
+class Shards:
+    """This process's ``rank`` among the ``world`` processes that share an evaluation."""
 
+    rank: int = 0
+    world: int = 1
 
-def first_computes(compute: Callable[[], T]) -> T:
-    """``compute()`` run on rank 0 only, its (picklable) result given to every rank."""
-    rank, world = shard()
-    if world == 1:
-        return compute()
-    box = [compute() if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    @classmethod
+    def of_launch(cls) -> "Shards":
+        """The processes of the open process group (one process without a group)."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
 
+    @property
+    def first(self) -> bool:
+        return self.rank == 0
 
-def gather_parts(parts: dict[int, T]) -> dict[int, T]:
-    """Every rank's ``{batch number: part}`` merged, on every rank."""
-    rank, world = shard()
-    if world == 1:
-        return parts
-    everyone: list = [None] * world
-    dist.all_gather_object(everyone, parts)
-    return {number: part for ranks_parts in everyone for number, part in ranks_parts.items()}
+    def first_computes(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run on rank 0 only, its (picklable) result given to every rank. Every rank
+        must call it at the same point, and ``compute`` must not call it again."""
+        if self.world == 1:
+            return compute()
+        box = [compute() if self.first else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
+    def gather_parts(self, parts: dict[int, T]) -> dict[int, T]:
+        """Every rank's ``{batch number: part}`` merged, on every rank."""
+        if self.world == 1:
+            return parts
+        everyone: list = [None] * self.world
+        dist.all_gather_object(everyone, parts)
+        return {number: part for ranks_parts in everyone for number, part in ranks_parts.items()}
 
-def gather_counts(count: int) -> list[int]:
-    """Every rank's ``count``, in rank order."""
-    rank, world = shard()
-    if world == 1:
-        return [count]
-    everyone: list = [None] * world
-    dist.all_gather_object(everyone, count)
-    return everyone
+    def gather_counts(self, count: int) -> list[int]:
+        """Every rank's ``count``, in rank order."""
+        if self.world == 1:
+            return [count]
+        everyone: list = [None] * self.world
+        dist.all_gather_object(everyone, count)
+        return everyone
 
-
-def barrier() -> None:
-    if shard()[1] > 1:
-        dist.barrier()
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path, settings_hash, write_json
-from .shards import barrier, shard
+from .shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ Part = dict[str, torch.Tensor]
 class PartialResults:
     """The folder of one evaluation's finished pieces (``fingerprint``: its settings, JSON-able)."""
 
-    def __init__(self, folder: str | Path, fingerprint: dict):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, fingerprint: dict, shards: Shards = Shards()):
+        self.folder, self.shards = Path(folder), shards
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         self.reused_entries = self.reused_batches = 0
-        if shard()[0] == 0:
+        if shards.first:
             self._start()
-        barrier()
+        shards.barrier()
 
     def _start(self) -> None:
         marker = self.folder / "settings.json"
@@ -88,7 +88,7 @@ class EntryFiles:
 
     def save(self, part: Part) -> None:
         """The whole entry (on the first process), its batch files then removed."""
-        if shard()[0] == 0:
+        if self.store.shards.first:
             _write(self.path, part)
             shutil.rmtree(self.batch_dir, ignore_errors=True)
 
@@ -141,6 +141,5 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 
 def discard(folder: str | Path) -> None:
-    """Remove an evaluation's finished pieces once its result is saved (by the first process)."""
-    if shard()[0] == 0:
-        shutil.rmtree(folder, ignore_errors=True)
+    """Remove an evaluation's finished pieces once its result is saved."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -89,7 +89,7 @@ def test_attack_missing_or_corrupt_model(tmp_path, digits_run):
     broken = tmp_path / "broken"
     shutil.copytree(run / "best", broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 16)
-    proc = run_cli("attack", str(broken), "--dataset", "digits")
+    proc = run_main("attack", str(broken), "--dataset", "digits")
     assert proc.returncode == 2 and "safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARGS = ["epochs=3", "embedding_dim=32", "batch_size=64", "robust_eval=false", "seed=0", "lr=0.001"]
 
 
+@pytest.mark.slow  # ~35 s; the sharded embedding test below keeps a two-process run in `make test`
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

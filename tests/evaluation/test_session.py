@@ -109,3 +109,13 @@ def test_the_protocol_sketch_of_the_docs_runs(data):
     shift = mean_shift(session, 0.1)
     assert 0 < shift < 2 and 0 <= session.clean["nmi"] <= 1
     assert model.training  # given back as it came
+
+
+def test_processes_share_an_evaluation_only_when_asked(data, monkeypatch):
+    """Training's robust validation runs in the first process alone while the group is open: a
+    session that shared by itself would wait for processes that never come."""
+    from robustdml.evaluation.shards import Shards
+    monkeypatch.setattr(Shards, "of_launch", classmethod(lambda cls: cls(0, 2)))  # as if two processes were open
+    model = nn.Linear(1, 1)
+    assert EvaluationSession(model, data).shards == Shards(0, 1)
+    assert EvaluationSession(model, data, settings=EvalSettings(distributed=True)).shards == Shards(0, 2)

@@ -4,7 +4,7 @@ traceback. Property-based over config values and CLI arguments."""
 import tempfile
 
 import pytest
-from clirun import run_cli, run_main
+from clirun import run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,7 @@ BAD_TRAIN = [
 
 @pytest.mark.parametrize("overrides,match", BAD_TRAIN)
 def test_bad_train_config_is_one_line_before_any_work(tmp_path, overrides, match):
-    run = run_cli if overrides == BAD_TRAIN[0][0] else run_main  # the first through the real executable
+    run = run_main  # in this process: tests/cli/test_cli.py runs the same first case through the real executable
     proc = run("train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "run"), *overrides)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -94,7 +94,8 @@ def test_interrupted_benchmark_redoes_no_finished_cell(tmp_path):
         assert f"| {method} | 1 |" in report
 
 
-@pytest.mark.parametrize("dataset", ["cub", "cars", "inshop"])
+@pytest.mark.parametrize("dataset", ["cub", pytest.param("cars", marks=pytest.mark.slow),
+                                     pytest.param("inshop", marks=pytest.mark.slow)])
 def test_paper_config_trains_one_step_on_fixtures(dataset, tmp_path):
     from fixtures import MAKERS
     cfg = load_benchmark_config(REPO / "configs" / "benchmark-paper.yaml")

@@ -23,6 +23,7 @@ def _cli(*args):
     return [sys.executable, "-m", "robustdml", "-q", "train", *args]
 
 
+@pytest.mark.slow  # ~40 s; an in-process resume test stays in `make test` (tests/engine/test_train.py)
 def test_kill_9_mid_training_then_resume_equals_uninterrupted(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     proc = subprocess.Popen(_cli("--config", "configs/digits.yaml", "--out", str(killed), *ARGS),
