@@ -96,7 +96,11 @@ FIXTURE_DATASETS = ["cub", "cars", "sop", "inshop"]
 IMAGE_BACKBONES = sorted(b for b in BACKBONES if b != "small-cnn")
 
 
-@pytest.mark.parametrize("method,dataset", list(itertools.product(sorted(METHODS), FIXTURE_DATASETS)))
+# every method on CUB and `standard` on every dataset in `make test` (the methods do not depend on
+# the dataset); every other pair in the slow target
+@pytest.mark.parametrize("method,dataset", [
+    (m, d) if d == "cub" or m == "standard" else pytest.param(m, d, marks=pytest.mark.slow)
+    for m, d in itertools.product(sorted(METHODS), FIXTURE_DATASETS)])
 def test_one_step_on_every_fixture_dataset(method, dataset, tmp_path):
     backbone = IMAGE_BACKBONES[(sorted(METHODS).index(method) + FIXTURE_DATASETS.index(dataset)) % len(IMAGE_BACKBONES)]
     _fixture_step(method, dataset, backbone, tmp_path)

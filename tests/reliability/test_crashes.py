@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from clirun import run_main
 
 from robustdml.engine import config_from_dict, train
 from robustdml.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -98,8 +99,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, nan
 
 
 def test_nan_loss_is_one_line_from_the_cli(tmp_path):
-    proc = subprocess.run(_cli("--config", "configs/digits.yaml", "--out", str(tmp_path / "r"), "epochs=2",
-                               "lr=1e25", "proxy_lr_mult=1", "robust_eval=false"), capture_output=True, text=True)
+    proc = run_main("train", "--config", "configs/digits.yaml", "--out", str(tmp_path / "r"), "epochs=2",
+                    "lr=1e25", "proxy_lr_mult=1", "robust_eval=false")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "loss became" in proc.stderr.strip().splitlines()[-1]
 
