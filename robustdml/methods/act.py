@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .base import register_method
-from .ranking_common import RankingAdversary, RankingDefence, adversarial_triplet_loss, distance, mine_triplets
+from .ranking_common import (RankingAdversary, RankingDefence, adversarial_triplet_loss, distance, mine_triplets,
+                             roles)
 
 
 @register_method
@@ -20,13 +21,14 @@ class ACT(RankingDefence):
     """Anti-collapse triplet training; eps = 0 trains the clean triplets.
 
     Args:
-        eps, steps, step_size: the adversary, as for ``est`` (RobRank's defaults).
+        eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
     """
 
     name = "act"
 
-    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None):
-        self.adversary = RankingAdversary(eps, steps, step_size)
+    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
+                 init: str = "zero"):
+        self.adversary = RankingAdversary(eps, steps, step_size, init)
 
     def loss(self, model, criterion, images, labels, index):
         triplets = anchors, positives, negatives = mine_triplets(labels)
@@ -34,7 +36,8 @@ class ACT(RankingDefence):
             return criterion(model(images), labels)
         half = len(anchors)
         pn = torch.cat([images[positives], images[negatives]])
-        pn_adv = self.adversary(model, pn, lambda emb: -distance(emb[:half], emb[half:]))
+        pn_adv = self.adversary(model, pn, lambda emb: -distance(emb[:half], emb[half:]),
+                                index=roles(index, positives, negatives))
         pn_emb = model(pn_adv)
         return adversarial_triplet_loss(criterion, model(images[anchors]), pn_emb[:half], pn_emb[half:],
                                         labels, triplets)

@@ -46,9 +46,16 @@ class PerturbationBank:
         return torch.where(mask, project(x, carried, self.eps, self.norm), fresh)
 
     def keep(self, index: torch.Tensor, delta: torch.Tensor) -> None:
-        """Store the batch's final perturbations (rounded to the nearest quantum)."""
+        """Store the batch's final perturbations (rounded to the nearest quantum). An image in
+        several rows (a negative of several anchors) keeps its last row's: chosen explicitly, as a
+        write of duplicate indices would keep whichever row a thread wrote last."""
         index = index.cpu()
         quanta = (delta.detach().float().cpu() * (QUANTA / max(self.eps, 1e-12))).round().clamp(-QUANTA, QUANTA)
+        unique, inverse = torch.unique(index, return_inverse=True)
+        if len(unique) < len(index):
+            last = torch.zeros(len(unique), dtype=torch.long).scatter_reduce(
+                0, inverse, torch.arange(len(index)), reduce="amax", include_self=False)
+            index, quanta = unique, quanta[last]
         self.values[index] = quanta.to(torch.int8)
         self.seen[index] = True
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..registry import flag
 from .base import register_method
-from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings
+from .ranking_common import RankingAdversary, RankingDefence, clean_embeddings, roles
 
 
 @register_method
@@ -35,14 +35,16 @@ class EST(RankingDefence):
         step_size: default 3/255 for eps above 16/255, else 1/255 (RobRank's two profiles).
         robrank_compat: the embedding shift as RobRank's metric-N code computes it (its first step
             toward one fixed direction; see the module's text). Default off: a random first step.
+        init: ``zero`` (RobRank's: every batch from the clean images) or ``carry`` (ours: from each
+            image's perturbation of its last visit; docs/design-choices.md).
     """
 
     name = "est"
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 robrank_compat: bool = False):
+                 robrank_compat: bool = False, init: str = "zero"):
         self.robrank_compat = flag("robrank_compat", robrank_compat)
-        self.adversary = RankingAdversary(eps, steps, step_size)
+        self.adversary = RankingAdversary(eps, steps, step_size, init)
 
     def loss(self, model, criterion, images, labels, index):
         if self.adversary.bound_eps == 0:
@@ -50,7 +52,8 @@ class EST(RankingDefence):
         clean = F.normalize(clean_embeddings(model, images), dim=1)
         target = clean + 1e-7 * torch.randint_like(clean, -1, 2)
         distance = F.pairwise_distance if self.robrank_compat else _distance  # the former: |a - b + 1e-6|
-        adversarial = self.adversary(model, images, lambda emb: distance(F.normalize(emb, dim=1), target))
+        adversarial = self.adversary(model, images, lambda emb: distance(F.normalize(emb, dim=1), target),
+                                     index=roles(index))
         return criterion(model(adversarial), labels)
 
 

@@ -29,7 +29,7 @@ from ..losses import PairTripletLoss
 from ..registry import flag
 from .base import register_method
 from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, clean_embeddings,
-                             distance, mine_triplets)
+                             distance, mine_triplets, roles)
 
 DESTINATIONS = ("gradual", "semihard")
 
@@ -56,25 +56,26 @@ class HM(RankingDefence):
         destination: ``"gradual"`` (default) or ``"semihard"``.
         ics: add the intra-class structure loss (default True).
         ics_weight: its weight (default 0.5).
-        eps, steps, step_size: the adversary, as for ``est`` (RobRank's defaults).
+        eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
     """
 
     name = "hm"
 
     def __init__(self, destination: str = "gradual", ics: bool = True, ics_weight: float = 0.5,
-                 eps: float | None = None, steps: int = 32, step_size: float | None = None):
+                 eps: float | None = None, steps: int = 32, step_size: float | None = None, init: str = "zero"):
         if destination not in DESTINATIONS:
             raise ConfigError(f"destination must be one of {', '.join(DESTINATIONS)}, not '{destination}'")
         if not isinstance(ics_weight, (int, float)) or ics_weight < 0:
             raise ConfigError(f"ics_weight must be a number >= 0, got {ics_weight!r}")
         self.destination, self.ics, self.ics_weight = destination, flag("ics", ics), float(ics_weight)
-        self.adversary = RankingAdversary(eps, steps, step_size)
+        self.adversary = RankingAdversary(eps, steps, step_size, init)
         self.previous_loss = 2.0
 
     def state_dict(self) -> dict:
-        return {"previous_loss": self.previous_loss}
+        return {**super().state_dict(), "previous_loss": self.previous_loss}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.previous_loss = float(state.get("previous_loss", 2.0))
 
     def _destination(self, model, images, labels, triplets, margin) -> torch.Tensor:
@@ -99,7 +100,7 @@ class HM(RankingDefence):
             return -(hardness - target).clamp(max=0).square()
 
         apn = torch.cat([images[anchors], images[positives], images[negatives]])
-        apn_adv = self.adversary(model, apn, matched, stop_when_flat=True)
+        apn_adv = self.adversary(model, apn, matched, stop_when_flat=True, index=roles(index, anchors, positives, negatives))
         emb = model(apn_adv)
         loss = adversarial_triplet_loss(criterion, emb[:k], emb[k:2 * k], emb[2 * k:], labels, triplets)
         self.previous_loss = float(loss.detach())

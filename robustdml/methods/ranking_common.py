@@ -2,7 +2,8 @@
 triplets they perturb.
 
 The adversary is RobRank's: L∞ signed-gradient PGD from the clean images (no random start), the
-model in eval mode, 32 steps; eps from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on
+model in eval mode, 32 steps (``init: carry``, ours: from each image's perturbation of its last
+visit, one per role it was perturbed in); eps from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on
 the 224-pixel datasets) and RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its
 224-pixel one; ours: 3/255 whenever eps exceeds 16/255).
 
@@ -24,6 +25,7 @@ from ..errors import ConfigError
 from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
 from ..models.modes import eval_mode
 from .adversarial import AdversarialMethod
+from .carry import PerturbationBank
 
 #: RobRank's triplet margin for normalised Euclidean embeddings
 MARGIN = 0.2
@@ -38,7 +40,12 @@ class RankingAdversary:
     """The training adversary of RobRank's defences: maximises ``objective(x')`` (a per-row value;
     the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
 
-    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None):
+    def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
+                 init: str = "zero"):
+        if init not in ("zero", "carry"):
+            raise ConfigError(f"init must be zero (RobRank's: from the clean images) or carry, not '{init}'")
+        self.init, self.num_samples = init, None
+        self.banks: dict[int, PerturbationBank] = {}  # one per role of the perturbed rows (e.g. positive, negative)
         eps = None if eps is None else check_eps(parse_eps(eps), Norm.LINF)
         step_size = None if step_size is None else parse_eps(step_size, "step_size")
         if not isinstance(steps, int) or steps < 1:
@@ -56,31 +63,63 @@ class RankingAdversary:
         self.bound_eps = float(self.eps if self.eps is not None else threat.eps)
 
     def state_dict(self) -> dict:
-        """Nothing to carry between batches: every batch starts from the clean images (RobRank's)."""
-        return {}
+        """The carried perturbations (``init: carry``); with RobRank's start from the clean images, nothing."""
+        return {"banks": {role: bank.state_dict() for role, bank in self.banks.items()}} if self.banks else {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        for role, bank_state in state.get("banks", {}).items():
+            bank = PerturbationBank(self.num_samples, bank_state["eps"], Norm.LINF)
+            bank.load_state_dict(bank_state)
+            self.banks[int(role)] = bank
 
     @property
     def step(self) -> float:
         return self.step_size if self.step_size is not None else robrank_step(self.bound_eps)
 
     def __call__(self, model: nn.Module, images: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
-                 stop_when_flat: bool = False) -> torch.Tensor:
+                 stop_when_flat: bool = False, index: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Maximise ``objective(embeddings)`` of the model's embeddings of the perturbed ``images``.
         ``stop_when_flat``: stop once the summed objective changes by less than 1e-7 between two
         steps (RobRank's hardness manipulation does, to save time once every triplet is where it
-        should be)."""
+        should be). ``index`` (with ``init: carry``): the rows' training-set positions, one tensor
+        per role in the order of the rows (e.g. ``[index[positives], index[negatives]]``): each role
+        carries its own perturbation of an image."""
         if self.bound_eps is None:
             raise RuntimeError("the training adversary has no eps: pass eps or call the method's setup() first")
         x = images.detach()
         if self.bound_eps == 0:
             return x
+        roles = self._roles(x, index)
+        start = torch.cat([bank.start(part, i, torch.zeros_like(part)) for bank, part, i in roles]) if roles \
+            else torch.zeros_like(x)
         with eval_mode(model):
-            delta = gradient_ascent(lambda adversarial: objective(model(adversarial)), x, torch.zeros_like(x),
+            delta = gradient_ascent(lambda adversarial: objective(model(adversarial)), x, start,
                                     self.bound_eps, Norm.LINF, self.steps, self.step, stop_when_flat=stop_when_flat)
+        if roles:
+            for (bank, _, i), kept in zip(roles, delta.split([len(i) for _, _, i in roles])):
+                bank.keep(i, kept)
         return (x + delta).detach()
+
+    def _roles(self, x: torch.Tensor, index: list[torch.Tensor] | None) -> list:
+        """(bank, rows, their training-set positions) per role, with ``init: carry``; else none."""
+        if self.init != "carry":
+            return []
+        if index is None or self.num_samples is None:
+            raise RuntimeError("carried perturbations need the rows' training-set index and the method's setup()")
+        if sum(len(i) for i in index) != len(x):
+            raise ValueError(f"index covers {sum(len(i) for i in index)} rows of {len(x)}")
+        banks = [self.banks.setdefault(role, PerturbationBank(self.num_samples, self.bound_eps, Norm.LINF))
+                 for role in range(len(index))]
+        return list(zip(banks, x.split([len(i) for i in index]), index))
+
+
+def roles(index: torch.Tensor | None, *rows: torch.Tensor) -> list[torch.Tensor] | None:
+    """The training-set positions of the perturbed rows, per role: ``index`` itself (the whole
+    batch perturbed), or ``index[rows]`` for each role's rows (e.g. the positives, the negatives)."""
+    if index is None:
+        return None
+    index = index.cpu()
+    return [index] if not rows else [index[r.cpu()] for r in rows]
 
 
 class RankingDefence(AdversarialMethod):

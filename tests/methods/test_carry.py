@@ -122,3 +122,45 @@ def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp
         # two epochs: pgd-at's adversary visited every training image, each EAT member those of its parts
         assert seen == 1 if method == "pgd-at" else 0.5 < seen < 0.85
         assert banks_b[slot]["values"].dtype == torch.int8
+
+
+def test_ranking_defences_carry_a_perturbation_per_role_within_the_budget():
+    """RobRank's adversary with init: carry starts each role's rows (EST's images; ACT's positives
+    and negatives) from their last perturbation: one signed step per visit accumulates, inside eps
+    and [0, 1]; from the clean images (RobRank's start) it stays one step."""
+    from robustdml.methods.ranking_common import RankingAdversary, roles
+    model = Net().eval()
+    x = torch.rand(8, 1, 8, 8)
+    index = torch.arange(8) + 2
+
+    def push(emb):
+        return emb.sum(1)
+
+    moved = {}
+    for init in ("carry", "zero"):
+        adversary = RankingAdversary(eps=0.1, steps=1, step_size=0.02, init=init)
+        adversary.num_samples = 12
+        for _ in range(8):
+            out = adversary(model, x, push, index=roles(index, torch.arange(4), torch.arange(4, 8)))
+        assert (out - x).abs().max() <= 0.1 + 1e-6 and out.min() >= 0 and out.max() <= 1
+        moved[init] = float((out - x).abs().mean())
+        assert set(adversary.banks) == ({0, 1} if init == "carry" else set())
+    assert moved["carry"] > 3 * moved["zero"]
+    with pytest.raises(ConfigError, match="init must be zero"):
+        create_method("est", init="random")
+
+
+@pytest.mark.parametrize("method,roles", [("est", {0}), ("act", {0, 1}), ("hm", {0, 1, 2})])
+def test_ranking_defence_resume_with_carried_perturbations_is_bit_identical(method, roles, tmp_path):
+    base = {**FAST, "method": method, "method_kwargs": {"init": "carry", "steps": 1}}
+    train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
+    train(config_from_dict({**base, "epochs": 2}), tmp_path / "a", resume=True, progress=False)
+    train(config_from_dict(base), tmp_path / "b", progress=False)
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    banks_a, banks_b = a["method"]["adversary"]["banks"], b["method"]["adversary"]["banks"]
+    assert set(banks_a) == set(banks_b) == roles
+    for role in banks_b:
+        assert torch.equal(banks_a[role]["values"], banks_b[role]["values"])
+        assert banks_b[role]["seen"].any()
