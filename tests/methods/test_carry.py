@@ -102,18 +102,24 @@ def test_the_default_adversary_is_unchanged():
     assert torch.equal(a, b) and not after.banks
 
 
-@pytest.mark.parametrize("method,options", [
-    ("pgd-at", {"init": "carry", "steps": 1}),
-    # three members, each carrying its own: with the slow tests (~30 s)
-    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow)])
-def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp_path):
-    base = {**FAST, "method": method, "method_kwargs": options}
+def _resumed_and_uninterrupted(base: dict, tmp_path):
+    """Checkpoints of 2 epochs trained as 1 + --resume 1, and in one go; their weights must be equal."""
     train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
     train(config_from_dict({**base, "epochs": 2}), tmp_path / "a", resume=True, progress=False)
     train(config_from_dict(base), tmp_path / "b", progress=False)
     a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    return a, b
+
+
+@pytest.mark.parametrize("method,options", [
+    ("pgd-at", {"init": "carry", "steps": 1}),
+    # three members, each carrying its own: with the slow tests (~30 s)
+    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow)])
+def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp_path):
+    base = {**FAST, "method": method, "method_kwargs": options}
+    a, b = _resumed_and_uninterrupted(base, tmp_path)
     banks_a, banks_b = a["method"]["adversary"]["banks"], b["method"]["adversary"]["banks"]
     assert set(banks_a) == set(banks_b) == ({0} if method == "pgd-at" else {0, 1, 2})
     for slot in banks_b:
@@ -150,15 +156,11 @@ def test_ranking_defences_carry_a_perturbation_per_role_within_the_budget():
         create_method("est", init="random")
 
 
-@pytest.mark.parametrize("method,roles", [("est", {0}), ("act", {0, 1}), ("hm", {0, 1, 2})])
+@pytest.mark.parametrize("method,roles", [  # act's and hm's several roles with the slow tests
+    ("est", {0}), pytest.param("act", {0, 1}, marks=pytest.mark.slow), pytest.param("hm", {0, 1, 2}, marks=pytest.mark.slow)])
 def test_ranking_defence_resume_with_carried_perturbations_is_bit_identical(method, roles, tmp_path):
     base = {**FAST, "method": method, "method_kwargs": {"init": "carry", "steps": 1}}
-    train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
-    train(config_from_dict({**base, "epochs": 2}), tmp_path / "a", resume=True, progress=False)
-    train(config_from_dict(base), tmp_path / "b", progress=False)
-    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    for key in b["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    a, b = _resumed_and_uninterrupted(base, tmp_path)
     banks_a, banks_b = a["method"]["adversary"]["banks"], b["method"]["adversary"]["banks"]
     assert set(banks_a) == set(banks_b) == roles
     for role in banks_b:
