@@ -30,7 +30,7 @@ BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_spee
 #: reduced sizes for --quick: the same figures, noisier, in minutes
 QUICK = {attack_speed: {"steps": 3, "batch": 8, "size": 32}, training_speed: {"steps": 3, "batch": 8, "size": 32},
          eat_speed: {"steps": 2}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
-         session_reuse: {"images": 1_000}, eval_scale: {"images": 6_000}}
+         session_reuse: {"images": 1_000}, eval_scale: {"images": 1_500}}
 
 
 def main() -> int:
