@@ -51,6 +51,14 @@ def joined(parts: dict[int, Part], trace_at: tuple[int, ...] = ()):
     return torch.cat([p["emb"] for p in ordered]), first, traced
 
 
+def piece(emb: torch.Tensor, first: tuple, traced: dict) -> Part:
+    """Whole-pool results as one piece (the inverse of :func:`joined` on a single piece)."""
+    part = {"emb": emb, **{f"trace{i}": e for i, e in traced.items()}}
+    if first[0] is not None:
+        part.update(clean=first[0], adv=first[1])
+    return part
+
+
 def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts: dict, desc: str):
     """(batch number, batch) of this process's share of the pool's batches (batch ``b`` to process
     ``b mod K``) that ``saved`` does not hold already (those go into ``parts``, unread from the data)."""

@@ -29,7 +29,7 @@ from . import combine
 from .metrics import metric_names
 from .results import RobustResult, Sample
 from .robust_checks import run_checks
-from .perturb import joined
+from .perturb import joined, piece
 from .session import EvalSettings, EvaluationSession
 from .store import EntryFiles, PartialResults, fingerprint
 from .suite import AttackSpec, AttackSuite
@@ -93,7 +93,7 @@ class SuiteRun:
             trace_at: tuple[int, ...] = ()) -> _Outcome:
         spec = self.specs[label]
         attack = self.suite.build(spec, eps, self.threat, steps_scale=steps_scale, extra_restarts=extra_restarts)
-        entry = self._entry(spec, eps, steps_scale, extra_restarts, trace_at)
+        entry = self._entry(spec, attack, eps, trace_at)
         if entry is not None and (whole := entry.load()) is not None:
             emb, first, traced = joined({0: whole}, trace_at)
         else:
@@ -101,22 +101,20 @@ class SuiteRun:
             emb, first, traced = crafted_on.attack(attack, f"{label} eps={eps_key(eps)}", samples,
                                                    victim=self.session.model, trace_at=trace_at, saved=entry)
             if entry is not None:
-                entry.save(_part(emb, first, traced))
+                entry.save(piece(emb, first, traced))
         metrics = self.session.metrics
         return _Outcome(metrics(emb), emb, first, {i: metrics(e) for i, e in traced.items()})
 
-    def _entry(self, spec: AttackSpec, eps: float, steps_scale: int, extra_restarts: int,
-               trace_at: tuple[int, ...]) -> EntryFiles | None:
-        """The files of one entry: named by everything that decides its perturbations."""
+    def _entry(self, spec: AttackSpec, attack, eps: float, trace_at: tuple[int, ...]) -> EntryFiles | None:
+        """The files of one entry: named by everything that decides its perturbations (the built
+        attack's own budget, iterations, restarts, step and seed, and the batches)."""
         if self.saved is None:
             return None
-        suite = self.suite
         return self.saved.entry({
             "label": spec.label, "attack": spec.attack, "options": spec.options, "member": spec.member,
-            "eps": eps_key(eps), "steps": int(spec.options.get("steps", suite.steps)) * steps_scale,
-            "restarts": int(spec.options.get("restarts", suite.restarts)) + extra_restarts,
-            "norm": suite.norm or self.threat.norm.value, "step_factor": suite.step_factor, "seed": suite.seed,
-            "batch_size": self.session.settings.batch_size, "samples": self.samples, "trace_at": list(trace_at)})
+            "eps": eps_key(eps), "steps": attack.steps, "restarts": attack.restarts, "step_size": attack.step_size,
+            "norm": attack.norm.value, "seed": attack.seed, "batch_size": self.session.settings.batch_size,
+            "samples": self.samples, "trace_at": list(trace_at)})
 
     def forwards(self) -> float:
         """Images this process passed through the model (or its members) while attacking."""
@@ -198,14 +196,6 @@ def evaluate_robustness(model: nn.Module, query_set: Dataset | None = None, gall
     log.info("attack passes per process: %s", session.shards.gather_counts(round(run.forwards())))
     found.seconds = time.time() - start
     return found
-
-
-def _part(emb: torch.Tensor, first: tuple, traced: dict) -> dict[str, torch.Tensor]:
-    """One entry's adversarial embeddings (and first images, traced embeddings) as one saved piece."""
-    part = {"emb": emb, **{f"trace{i}": e for i, e in traced.items()}}
-    if first[0] is not None:
-        part.update(clean=first[0], adv=first[1])
-    return part
 
 
 def _runnable(specs: list[AttackSpec], surrogate) -> list[AttackSpec]:
