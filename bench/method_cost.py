@@ -39,7 +39,7 @@ RECIPE = Path(__file__).parent.parent / "configs" / "fashion-robrank.yaml"
 STEP_3_255 = 3 / 255
 
 
-def method_kwargs(method: str, steps: int) -> dict:
+def method_kwargs(method: str, steps: int, batched: str = "auto") -> dict:
     """The training adversary of configs/benchmark-fashion.yaml at K steps."""
     if method == "standard":
         return {}
@@ -47,11 +47,11 @@ def method_kwargs(method: str, steps: int) -> dict:
         return {"steps": steps}
     if method == "pgd-at":
         return {"steps": steps, "step_size": STEP_3_255}
-    return {"members": 3, "steps": steps, "step_size": STEP_3_255}
+    return {"members": 3, "steps": steps, "step_size": STEP_3_255, "batched": batched}
 
 
 def measure(method: str, args, tmp: str) -> dict:
-    cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": method_kwargs(method, args.steps),
+    cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": method_kwargs(method, args.steps, args.eat_batched),
            "root": args.root, "device": args.device, "robust_eval": False, "amp": args.amp}
     trainer = Trainer(config_from_dict(cfg), f"{tmp}/{method}", progress=False)
     trainer.model.train()
@@ -76,6 +76,8 @@ def main() -> int:
     p.add_argument("--root", help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default off, as RobRank trains in fp32)")
+    p.add_argument("--eat-batched", default="auto", choices=("auto", "on", "off"),
+                   help="EAT's members in the attack: batched (vmap), a loop, or auto (batched on CUDA)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 

@@ -23,11 +23,13 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import PairTripletLoss
 from ..models import EnsembleNet
+from ..models.batched import BatchedEnsemble, can_batch
 from .adversarial import AdversarialMethod, TrainingAttack
 from .base import TrainingSetup, register_method
 
 SPLITS = ("random", "none")
 TRANSFERS = ("ensemble", "self")
+BATCHED = ("auto", "on", "off")
 
 
 def partition(num_samples: int, parts: int, seed: int) -> np.ndarray:
@@ -60,6 +62,11 @@ class EAT(AdversarialMethod):
         combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
         eps, steps, step_size, objective, norm, init, preset: the training attack, as for ``pgd-at``
             (with ``transfer: self`` and ``init: carry`` each member carries its own perturbations).
+        batched: how the ensemble-crafted attack runs the members — ``"on"``: as one vmapped module
+            (:class:`~robustdml.models.batched.BatchedEnsemble`: one kernel launch per layer for all
+            members; the same examples as the loop, to float rounding), ``"off"``: one after the
+            other, ``"auto"`` (default): batched on a CUDA device when the members share one
+            architecture, where launches dominate; the loop on the CPU, where batching saves nothing.
 
     Example:
         robustdml train --config configs/digits.yaml --out runs/eat method=eat method_kwargs.members=3
@@ -70,7 +77,7 @@ class EAT(AdversarialMethod):
     def __init__(self, members: int = 3, parts_per_member: int | None = None, split: str = "random",
                  transfer: str = "ensemble", combine: str = "mean", eps: float | None = None, steps: int = 10,
                  step_size: float | None = None, objective: str = "displacement", norm: str | None = None,
-                 init: str = "random", preset: str | None = None):
+                 init: str = "random", preset: str | None = None, batched: str = "auto"):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -82,7 +89,10 @@ class EAT(AdversarialMethod):
             raise ConfigError(f"transfer must be one of {', '.join(TRANSFERS)}, not '{transfer}'")
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
-        self.members, self.parts_per_member = int(members), int(ppm)
+        batched = {True: "on", False: "off"}.get(batched, batched)  # YAML reads on/off as booleans
+        if batched not in BATCHED:
+            raise ConfigError(f"batched must be one of {', '.join(BATCHED)}, not '{batched}'")
+        self.members, self.parts_per_member, self.batched = int(members), int(ppm), batched
         self.split, self.transfer, self.combine = split, transfer, combine
         self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset)
         self.part_of: torch.Tensor | None = None
@@ -117,10 +127,11 @@ class EAT(AdversarialMethod):
             masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
         if self.transfer == "ensemble":
             # self-transfer: what fools the whole ensemble teaches every member
+            target = self.attacked(model, images.device)
             if self.adversary.objective == "loss":
-                adversarial = self.adversary(_MemberStack(model), _SummedLoss(criterion), images, labels, index)
+                adversarial = self.adversary(_MemberStack(target), _SummedLoss(criterion), images, labels, index)
             else:
-                adversarial = self.adversary(model, None, images, labels, index)
+                adversarial = self.adversary(target, None, images, labels, index)
         total = images.new_zeros(())
         for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
             if not mask.any():
@@ -133,14 +144,27 @@ class EAT(AdversarialMethod):
         return total
 
 
+    def attacked(self, model: EnsembleNet, device: torch.device) -> nn.Module:
+        """The module the ensemble-crafted attack runs: the ensemble, or its members batched."""
+        if self.batched == "off" or (self.batched == "auto" and device.type != "cuda"):
+            return model
+        if not can_batch(model):
+            if self.batched == "on":
+                raise ConfigError("batched: on needs members of one architecture; use batched: off")
+            return model
+        return BatchedEnsemble(model)  # this batch's weights: the attack does not change them
+
+
 class _MemberStack(nn.Module):
     """The members' embeddings side by side (B, N·D), so an attack can maximise the ensemble's loss."""
 
-    def __init__(self, model: EnsembleNet):
+    def __init__(self, model: EnsembleNet | BatchedEnsemble):
         super().__init__()
         self.model = model
 
     def forward(self, x):
+        if isinstance(self.model, BatchedEnsemble):
+            return self.model.stacked(x).permute(1, 0, 2).reshape(x.shape[0], -1)
         return torch.cat([m(x) for m in self.model.members], 1)
 
 

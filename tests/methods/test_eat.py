@@ -32,9 +32,9 @@ def test_member_parts():
     assert member_parts(3, 3) == [[0, 1, 2]] * 3
 
 
-def _setup(transfer="ensemble", split="random", members=3, objective="displacement"):
+def _setup(transfer="ensemble", split="random", members=3, objective="displacement", batched="auto"):
     method = create_method("eat", members=members, transfer=transfer, split=split, eps=0.1, steps=3,
-                           objective=objective)
+                           objective=objective, batched=batched)
     torch.manual_seed(0)
     model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
     criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
@@ -105,6 +105,27 @@ def test_trained_ensemble_saves_and_loads_as_one_model(tmp_path):
     reloaded = EnsembleNet([create_model("small-cnn", embedding_dim=8) for _ in range(2)])
     reloaded.load_state_dict(state)
     assert torch.allclose(reloaded.eval()(x), emb, atol=1e-6)
+
+
+def _loss_grads_and_state(batched, objective):
+    method, model, criterion, x, y, index = _setup(objective=objective, batched=batched)
+    torch.manual_seed(1)
+    loss = method.loss(model, criterion, x, y, index)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()] + [p.grad.clone() for p in criterion.parameters()]
+    return loss.detach(), grads, model.state_dict()
+
+
+@pytest.mark.parametrize("objective", ["displacement", "loss"])
+def test_batched_members_give_the_loops_loss_gradients_and_statistics(objective):
+    loss_loop, grads_loop, state_loop = _loss_grads_and_state("off", objective)
+    loss_vmap, grads_vmap, state_vmap = _loss_grads_and_state("on", objective)
+    torch.testing.assert_close(loss_vmap, loss_loop, rtol=1e-5, atol=1e-5)
+    assert len(grads_vmap) == len(grads_loop)
+    for a, b in zip(grads_vmap, grads_loop):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for k in state_loop:  # the members' BatchNorm statistics move the same way
+        torch.testing.assert_close(state_vmap[k].float(), state_loop[k].float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,match", [
