@@ -12,6 +12,8 @@ every part except part i; with RobRank's pair triplet loss a pair follows its an
 ensemble* (the attack maximises the ensemble embedding's displacement or the ensemble's loss), each
 member updated on those that fall in its own parts. ``transfer="self"`` (each member crafts against
 itself) and ``split="none"`` are the ablations; both together are the plain-ensemble control.
+Other readings of self-transfer, each ours (docs/eat.md): ``transfer="cross"``, distillation towards
+the ensemble (``distill``) and the gradient-alignment diversity penalty (``diversity="gal"``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from ..models import EnsembleNet
 from ..models.batched import BatchedEnsemble, can_batch
 from .adversarial import AdversarialMethod, TrainingAttack
 from .base import TrainingSetup, register_method
+from .eat_terms import distillation, ensemble_target, gradient_alignment
 
 SPLITS = ("random", "none")
-TRANSFERS = ("ensemble", "self")
+TRANSFERS = ("ensemble", "self", "cross")
+DISTILL_TARGETS = ("clean", "adversarial")
+DIVERSITIES = ("none", "gal")
 BATCHED = ("auto", "on", "off")
 
 
@@ -58,10 +63,18 @@ class EAT(AdversarialMethod):
         members: N (default 3).
         parts_per_member: parts each member trains on (default N - 1).
         split: ``"random"`` (default) or ``"none"`` (every member sees every sample).
-        transfer: ``"ensemble"`` (default: examples crafted against the whole ensemble) or ``"self"``.
+        transfer: ``"ensemble"`` (default: examples crafted against the whole ensemble), ``"self"``
+            (each member crafts against itself) or ``"cross"`` (member i trains on examples crafted
+            against the other members: Tramèr et al., "Ensemble Adversarial Training",
+            arXiv 1705.07204, with the members as the static models).
+        distill: λ ≥ 0 (default 0: off) — each member's loss gains λ · mean(1 − cos) between its
+            embedding of its adversarial examples and the ensemble's (no-gradient, eval-mode)
+            embedding of the ``distill_target``: ``"clean"`` (default) or ``"adversarial"`` images.
+        diversity: ``"none"`` (default) or ``"gal"``: ``diversity_weight`` (default 0.5) times the
+            gradient-alignment penalty between the members' input gradients on the clean batch.
         combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
         eps, steps, step_size, objective, norm, init, preset: the training attack, as for ``pgd-at``
-            (with ``transfer: self`` and ``init: carry`` each member carries its own perturbations).
+            (with ``transfer: self`` or ``cross`` and ``init: carry`` each member carries its own perturbations).
         batched: how the ensemble-crafted attack runs the members — ``"on"``: as one vmapped module
             (:class:`~robustdml.models.batched.BatchedEnsemble`: one kernel launch per layer for all
             members; the same examples as the loop, to float rounding), ``"off"``: one after the
@@ -77,7 +90,8 @@ class EAT(AdversarialMethod):
     def __init__(self, members: int = 3, parts_per_member: int | None = None, split: str = "random",
                  transfer: str = "ensemble", combine: str = "mean", eps: float | None = None, steps: int = 10,
                  step_size: float | None = None, objective: str = "displacement", norm: str | None = None,
-                 init: str = "random", preset: str | None = None, batched: str = "auto"):
+                 init: str = "random", preset: str | None = None, batched: str = "auto", distill: float = 0.0,
+                 distill_target: str = "clean", diversity: str = "none", diversity_weight: float = 0.5):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -87,6 +101,18 @@ class EAT(AdversarialMethod):
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not '{split}'")
         if transfer not in TRANSFERS:
             raise ConfigError(f"transfer must be one of {', '.join(TRANSFERS)}, not '{transfer}'")
+        if transfer == "cross" and members < 2:
+            raise ConfigError("transfer: cross crafts each member's examples against the others: it needs members >= 2")
+        if not distill >= 0 or distill_target not in DISTILL_TARGETS:
+            raise ConfigError(f"distill must be >= 0 (got {distill}) and distill_target one of "
+                              f"{', '.join(DISTILL_TARGETS)} (got '{distill_target}')")
+        if diversity not in DIVERSITIES or not diversity_weight >= 0:
+            raise ConfigError(f"diversity must be one of {', '.join(DIVERSITIES)} (got '{diversity}') and "
+                              f"diversity_weight >= 0 (got {diversity_weight})")
+        if diversity == "gal" and members < 2:
+            raise ConfigError("diversity: gal aligns the members' gradients pairwise: it needs members >= 2")
+        self.distill, self.distill_target = float(distill), distill_target
+        self.diversity_weight = float(diversity_weight) if diversity == "gal" else 0.0
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
         batched = {True: "on", False: "off"}.get(batched, batched)  # YAML reads on/off as booleans
@@ -125,24 +151,40 @@ class EAT(AdversarialMethod):
             masks = [m.repeat_interleave(2) for m in self.masks(index[0::2])]
         else:
             masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
-        if self.transfer == "ensemble":
-            # self-transfer: what fools the whole ensemble teaches every member
-            target = self.attacked(model, images.device)
-            if self.adversary.objective == "loss":
-                adversarial = self.adversary(_MemberStack(target), _SummedLoss(criterion), images, labels, index)
-            else:
-                adversarial = self.adversary(target, None, images, labels, index)
+        # self-transfer: what fools the whole ensemble teaches every member
+        shared = self.craft(model, criterion, images, labels, index) if self.transfer == "ensemble" else None
         total = images.new_zeros(())
         for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
             if not mask.any():
                 continue
             rows = mask.nonzero().squeeze(1).to(images.device, non_blocking=True)
             x, y = images.index_select(0, rows), labels.index_select(0, rows)
-            x_adv = (adversarial.index_select(0, rows) if self.transfer == "ensemble"
-                     else self.adversary(member, member_loss, x, y, index[mask.to(index.device)], slot=i))
-            total = total + member_loss(member(x_adv), y)
+            x_adv = (shared.index_select(0, rows) if shared is not None
+                     else self.craft_for_member(model, criterion, i, x, y, index[mask.to(index.device)]))
+            embedding = member(x_adv)
+            total = total + member_loss(embedding, y)
+            if self.distill:
+                target = ensemble_target(model, x if self.distill_target == "clean" else x_adv)
+                total = total + self.distill * distillation(embedding, target)
+        if self.diversity_weight:
+            total = total + self.diversity_weight * gradient_alignment(model.members, criterion, images, labels)
         return total
 
+    def craft(self, model: EnsembleNet, criterion: nn.ModuleList, images, labels, index, slot: int = 0):
+        """Adversarial examples crafted against ``model`` (an ensemble of some or all members)."""
+        target = self.attacked(model, images.device)
+        if self.adversary.objective == "loss":
+            return self.adversary(_MemberStack(target), _SummedLoss(criterion), images, labels, index, slot=slot)
+        return self.adversary(target, None, images, labels, index, slot=slot)
+
+    def craft_for_member(self, model: EnsembleNet, criterion: nn.ModuleList, i: int, images, labels, index):
+        """Member i's own examples: crafted against itself (``self``) or against the others (``cross``)."""
+        if self.transfer == "self":
+            return self.adversary(model.members[i], criterion[i], images, labels, index, slot=i)
+        others = [j for j in range(self.members) if j != i]
+        ensemble = EnsembleNet([model.members[j] for j in others], combine=model.combine)
+        losses = nn.ModuleList([criterion[j] for j in others])
+        return self.craft(ensemble, losses, images, labels, index, slot=i)
 
     def attacked(self, model: EnsembleNet, device: torch.device) -> nn.Module:
         """The module the ensemble-crafted attack runs: the ensemble, or its members batched."""

@@ -116,7 +116,10 @@ def _resumed_and_uninterrupted(base: dict, tmp_path):
 @pytest.mark.parametrize("method,options", [
     ("pgd-at", {"init": "carry", "steps": 1}),
     # three members, each carrying its own: with the slow tests (~30 s)
-    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow)])
+    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow),
+    # the readings of self-transfer: cross-crafted carried examples, distillation, the GAL penalty
+    pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "cross", "distill": 1.0, "diversity": "gal"},
+                 marks=pytest.mark.slow)])
 def test_resume_with_carried_perturbations_is_bit_identical(method, options, tmp_path):
     base = {**FAST, "method": method, "method_kwargs": options}
     a, b = _resumed_and_uninterrupted(base, tmp_path)

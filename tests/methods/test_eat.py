@@ -32,9 +32,9 @@ def test_member_parts():
     assert member_parts(3, 3) == [[0, 1, 2]] * 3
 
 
-def _setup(transfer="ensemble", split="random", members=3, objective="displacement", batched="auto"):
+def _setup(transfer="ensemble", split="random", members=3, objective="displacement", **options):
     method = create_method("eat", members=members, transfer=transfer, split=split, eps=0.1, steps=3,
-                           objective=objective, batched=batched)
+                           objective=objective, **options)
     torch.manual_seed(0)
     model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
     criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
@@ -107,8 +107,8 @@ def test_trained_ensemble_saves_and_loads_as_one_model(tmp_path):
     assert torch.allclose(reloaded.eval()(x), emb, atol=1e-6)
 
 
-def _loss_grads_and_state(batched, objective):
-    method, model, criterion, x, y, index = _setup(objective=objective, batched=batched)
+def _loss_grads_and_state(**options):
+    method, model, criterion, x, y, index = _setup(**options)
     torch.manual_seed(1)
     loss = method.loss(model, criterion, x, y, index)
     loss.backward()
@@ -118,8 +118,8 @@ def _loss_grads_and_state(batched, objective):
 
 @pytest.mark.parametrize("objective", ["displacement", "loss"])
 def test_batched_members_give_the_loops_loss_gradients_and_statistics(objective):
-    loss_loop, grads_loop, state_loop = _loss_grads_and_state("off", objective)
-    loss_vmap, grads_vmap, state_vmap = _loss_grads_and_state("on", objective)
+    loss_loop, grads_loop, state_loop = _loss_grads_and_state(batched="off", objective=objective)
+    loss_vmap, grads_vmap, state_vmap = _loss_grads_and_state(batched="on", objective=objective)
     torch.testing.assert_close(loss_vmap, loss_loop, rtol=1e-5, atol=1e-5)
     assert len(grads_vmap) == len(grads_loop)
     for a, b in zip(grads_vmap, grads_loop):
@@ -135,3 +135,80 @@ def test_batched_members_give_the_loops_loss_gradients_and_statistics(objective)
 def test_bad_eat_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         create_method("eat", **kwargs)
+
+
+def test_cross_transfer_crafts_each_members_examples_against_the_others_only():
+    method, model, criterion, x, y, index = _setup("cross")
+
+    def crafted(i):
+        torch.manual_seed(3)
+        return method.craft_for_member(model, criterion, i, x, y, index)
+
+    before = crafted(0)
+    with torch.no_grad():  # member 0 changes: its own examples do not
+        for p in model.members[0].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    assert torch.equal(crafted(0), before)
+    with torch.no_grad():  # another member changes: they do
+        for p in model.members[1].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    assert not torch.equal(crafted(0), before)
+    assert (before - x).abs().max() <= 0.1 + 1e-6 and before.min() >= 0 and before.max() <= 1
+
+
+@pytest.mark.parametrize("options", [{"distill": 0.0}, {"distill": 0.0, "distill_target": "adversarial"},
+                                     {"diversity": "gal", "diversity_weight": 0.0}])
+def test_degenerate_readings_equal_todays_eat(options):
+    loss, grads, state = _loss_grads_and_state()
+    loss_r, grads_r, state_r = _loss_grads_and_state(**options)
+    assert torch.equal(loss, loss_r)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_r))
+    assert all(torch.equal(state[k], state_r[k]) for k in state)
+
+
+def _train_briefly(steps=8, **options):
+    """A few Adam steps of EAT on one digits batch; the trained ensemble and the batch."""
+    method = create_method("eat", eps=0.1, steps=1, split="none", **options)
+    torch.manual_seed(0)
+    model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
+    criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
+    method.setup(TrainingSetup(num_samples=60, seed=0, threat=ThreatModel(0.1)))
+    optimiser = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=3e-3)
+    ds = get_dataset("digits", "train")
+    x, y = ds.images[:60].clone(), torch.as_tensor(ds.labels[:60])
+    for _ in range(steps):
+        optimiser.zero_grad()
+        method.loss(model, criterion, x, y, torch.arange(60)).backward()
+        optimiser.step()
+    return model.eval(), criterion, x, y
+
+
+def test_distillation_pulls_members_towards_the_ensemble():
+    def spread(model, x):
+        with torch.no_grad():
+            ensemble = model(x)
+            return float(sum((1 - (m(x) * ensemble).sum(1)).mean() for m in model.members))
+    model, _, x, _ = _train_briefly()
+    plain = spread(model, x)
+    model, _, x, _ = _train_briefly(distill=20.0)
+    assert spread(model, x) < 0.5 * plain
+
+
+def test_gradient_alignment_penalty_lowers_the_members_gradient_cosine():
+    from robustdml.methods.eat_terms import gradient_cosines, input_gradients
+
+    def alignment(model, criterion, x, y):
+        return float(gradient_cosines([g.detach() for g in input_gradients(model.members, criterion, x, y)]).mean())
+    plain = alignment(*_train_briefly())
+    diverse = alignment(*_train_briefly(diversity="gal", diversity_weight=20.0))
+    assert diverse < plain - 0.1  # measured: 0.17 without the penalty, 0.03 with it
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"transfer": "cross", "members": 1}, "members >= 2"), ({"distill": -1.0}, "distill"),
+    ({"distill_target": "teacher"}, "distill_target"), ({"diversity": "dvert"}, "diversity"),
+    ({"diversity": "gal", "diversity_weight": -0.1}, "diversity_weight"),
+    ({"diversity": "gal", "members": 1}, "members >= 2")])
+def test_bad_reading_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        create_method("eat", **options)
