@@ -34,6 +34,7 @@ SPLITS = ("random", "none")
 TRANSFERS = ("ensemble", "self", "cross")
 DISTILL_TARGETS = ("clean", "adversarial")
 DIVERSITIES = ("none", "gal")
+BNS = ("own", "shared")
 BATCHED = ("auto", "on", "off")
 
 
@@ -70,6 +71,10 @@ class EAT(AdversarialMethod):
         distill: λ ≥ 0 (default 0: off) — each member's loss gains λ · mean(1 − cos) between its
             embedding of its adversarial examples and the ensemble's (no-gradient, eval-mode)
             embedding of the ``distill_target``: ``"clean"`` (default) or ``"adversarial"`` images.
+        bn: ``"own"`` (default: a member's BatchNorm sees only its own rows) or ``"shared"``: every
+            member embeds the whole ensemble-crafted batch, so that its batch statistics (and
+            running statistics) are pooled over every member's adversarial examples, while its
+            loss stays on its own rows (needs ``transfer: ensemble`` and a backbone with BatchNorm).
         diversity: ``"none"`` (default) or ``"gal"``: ``diversity_weight`` (default 0.5) times the
             gradient-alignment penalty between the members' input gradients on the clean batch.
         combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
@@ -91,7 +96,8 @@ class EAT(AdversarialMethod):
                  transfer: str = "ensemble", combine: str = "mean", eps: float | None = None, steps: int = 10,
                  step_size: float | None = None, objective: str = "displacement", norm: str | None = None,
                  init: str = "random", preset: str | None = None, batched: str = "auto", distill: float = 0.0,
-                 distill_target: str = "clean", diversity: str = "none", diversity_weight: float = 0.5):
+                 distill_target: str = "clean", diversity: str = "none", diversity_weight: float = 0.5,
+                 bn: str = "own"):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -111,7 +117,10 @@ class EAT(AdversarialMethod):
                               f"diversity_weight >= 0 (got {diversity_weight})")
         if diversity == "gal" and members < 2:
             raise ConfigError("diversity: gal aligns the members' gradients pairwise: it needs members >= 2")
-        self.distill, self.distill_target = float(distill), distill_target
+        if bn not in BNS or (bn == "shared" and transfer != "ensemble"):
+            raise ConfigError(f"bn must be one of {', '.join(BNS)} (got '{bn}'); bn: shared pools the statistics of "
+                              "the one ensemble-crafted batch, so it needs transfer: ensemble")
+        self.distill, self.distill_target, self.bn = float(distill), distill_target, bn
         self.diversity_weight = float(diversity_weight) if diversity == "gal" else 0.0
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
@@ -151,6 +160,8 @@ class EAT(AdversarialMethod):
             masks = [m.repeat_interleave(2) for m in self.masks(index[0::2])]
         else:
             masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
+        if self.bn == "shared" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigError("bn: shared pools BatchNorm statistics, and this backbone has no BatchNorm; use bn: own")
         # self-transfer: what fools the whole ensemble teaches every member
         shared = self.craft(model, criterion, images, labels, index) if self.transfer == "ensemble" else None
         total = images.new_zeros(())
@@ -161,7 +172,7 @@ class EAT(AdversarialMethod):
             x, y = images.index_select(0, rows), labels.index_select(0, rows)
             x_adv = (shared.index_select(0, rows) if shared is not None
                      else self.craft_for_member(model, criterion, i, x, y, index[mask.to(index.device)]))
-            embedding = member(x_adv)
+            embedding = member(shared).index_select(0, rows) if self.bn == "shared" else member(x_adv)
             total = total + member_loss(embedding, y)
             if self.distill:
                 target = ensemble_target(model, x if self.distill_target == "clean" else x_adv)

@@ -204,7 +204,26 @@ def test_gradient_alignment_penalty_lowers_the_members_gradient_cosine():
     assert diverse < plain - 0.1  # measured: 0.17 without the penalty, 0.03 with it
 
 
+def test_shared_batchnorm_pools_statistics_over_every_members_rows():
+    """With bn: shared a member's batch statistics include the other members' rows, so its gradient
+    depends on them; with split none it is today's EAT exactly."""
+    method, model, criterion, x, y, index = _setup(bn="shared")
+    mine = method.masks(index)[0]
+    before = _member_grads(method, model, criterion, x, y, index)
+    outside = x.clone()
+    outside[~mine] = torch.rand_like(outside[~mine])
+    after = _member_grads(method, model, criterion, outside, y, index)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(before, after))
+    loss, grads, state = _loss_grads_and_state(split="none")
+    loss_s, grads_s, state_s = _loss_grads_and_state(split="none", bn="shared")
+    torch.testing.assert_close(loss_s, loss)
+    for a, b in zip(grads_s, grads):
+        torch.testing.assert_close(a, b)
+    assert all(torch.equal(state[k], state_s[k]) for k in state)
+
+
 @pytest.mark.parametrize("options,match", [
+    ({"bn": "pooled"}, "bn must be"), ({"bn": "shared", "transfer": "self"}, "transfer: ensemble"),
     ({"transfer": "cross", "members": 1}, "members >= 2"), ({"distill": -1.0}, "distill"),
     ({"distill_target": "teacher"}, "distill_target"), ({"diversity": "dvert"}, "diversity"),
     ({"diversity": "gal", "diversity_weight": -0.1}, "diversity_weight"),
@@ -212,3 +231,12 @@ def test_gradient_alignment_penalty_lowers_the_members_gradient_cosine():
 def test_bad_reading_options(options, match):
     with pytest.raises(ConfigError, match=match):
         create_method("eat", **options)
+
+
+def test_shared_batchnorm_without_batchnorm_is_a_config_error():
+    method = create_method("eat", eps=0.1, steps=1, bn="shared")
+    model = method.build_model(lambda: create_model("c2f2", embedding_dim=8))  # C2F2 has no BatchNorm
+    criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
+    method.setup(TrainingSetup(num_samples=4, seed=0, threat=ThreatModel(0.1)))
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        method.loss(model, criterion, torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 0, 1]), torch.arange(4))
