@@ -40,6 +40,9 @@ class BenchmarkConfig:
     # saved models evaluated beside (or instead of) the trained cells: name -> folder written by
     # robustdml.save_model or a run directory (relative to this file); one cell per dataset and seed
     models: dict = field(default_factory=dict)
+    # named variants of a method, usable in the grid's `method` list beside the methods themselves:
+    # name -> {method: eat, method_kwargs: {transfer: self, ...}} (its options replace method_kwargs')
+    variants: dict = field(default_factory=dict)
 
     def validate(self) -> "BenchmarkConfig":
         for key, values in self.grid.items():
@@ -52,6 +55,7 @@ class BenchmarkConfig:
         clash = set(map(str, self.grid.get("method") or [])) & set(self.models)
         if clash:
             raise ConfigError(f"models and the grid's methods share the name {sorted(clash)[0]!r}: rename the model")
+        self._check_variants()
         if self.attack_queries is not None and (not isinstance(self.attack_queries, int) or self.attack_queries < 2):
             raise ConfigError(f"attack_queries must be a whole number >= 2, got {self.attack_queries!r}")
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}
@@ -63,6 +67,25 @@ class BenchmarkConfig:
             if queries is not None and (not isinstance(queries, int) or queries < 2):
                 raise ConfigError(f"certify queries must be a whole number >= 2, got {queries!r}")
         return self
+
+    def _check_variants(self) -> None:
+        from ..methods import METHODS
+        if not isinstance(self.variants, dict):
+            raise ConfigError("variants maps names to {method: NAME, method_kwargs: {...}}")
+        for name, variant in self.variants.items():
+            if name in METHODS or name in self.models:
+                raise ConfigError(f"variant {name!r} has the name of a method or a saved model: rename it")
+            if not isinstance(variant, dict) or set(variant) - {"method", "method_kwargs"} or "method" not in variant:
+                raise ConfigError(f"variant {name!r} must be {{method: NAME, method_kwargs: {{...}}}}")
+            if not isinstance(variant.get("method_kwargs", {}), dict):
+                raise ConfigError(f"variant {name!r}: method_kwargs must be a mapping")
+
+    def method_of(self, name: str) -> tuple[str, dict]:
+        """The method and options behind a grid ``method`` value: a variant's, or the method's own."""
+        if name in self.variants:
+            variant = self.variants[name]
+            return variant["method"], dict(variant.get("method_kwargs", {}))
+        return name, dict(self.method_kwargs.get(name, {}))
 
     def smoothing(self, seed: int = 0):
         """The center smoothing of the ``certify`` section (one-line errors for bad values)."""
@@ -121,9 +144,10 @@ class BenchmarkConfig:
         with the trained cells (seed, k-means runs, batch size, device, data), on a standard model."""
         if cell["backbone"] == SAVED:
             cell = {**cell, "backbone": (self.grid.get("backbone") or [_SAVED_STAND_IN])[0], "method": "standard"}
+        method, options = self.method_of(cell["method"])
         data = {**self.train, **self.per_dataset.get(cell["dataset"], {}), **self.per_backbone.get(cell["backbone"], {}),
-                "dataset": cell["dataset"], "backbone": cell["backbone"], "method": cell["method"],
-                "seed": cell["seed"], "method_kwargs": dict(self.method_kwargs.get(cell["method"], {}))}
+                "dataset": cell["dataset"], "backbone": cell["backbone"], "method": method,
+                "seed": cell["seed"], "method_kwargs": options}
         return config_from_dict(data)
 
 
@@ -138,8 +162,11 @@ def load_benchmark_config(path: str | Path, overrides: list[str] = ()) -> Benchm
     if isinstance(cfg.models, dict):
         cfg.models = {name: str((path.parent / folder).resolve()) if isinstance(folder, str) else folder
                       for name, folder in cfg.models.items()}
-    for cell in cfg.cells():  # validate every cell's configs before any work starts
-        cfg.suite(cfg.train_config(cell))
+    from ..methods import create_method
+    for cell in cfg.cells():  # validate every cell's configs, its method's options too, before any work starts
+        train_cfg = cfg.train_config(cell)
+        cfg.suite(train_cfg)
+        create_method(train_cfg.method, **train_cfg.method_kwargs)
     return cfg
 
 

@@ -30,3 +30,21 @@ def test_shipped_config_loads(path):
         cfg = bench.train_config(cell)
         create_method(cfg.method, **cfg.method_kwargs)
         assert bench.suite(cfg).specs()
+
+
+def test_variants_name_a_method_with_its_options(tmp_path):
+    from robustdml.errors import ConfigError
+    path = tmp_path / "b.yaml"
+    grid = {"dataset": ["digits"], "backbone": ["small-cnn"], "method": ["eat", "eat-cross"], "seed": [0]}
+    path.write_text(yaml.safe_dump({"grid": grid, "method_kwargs": {"eat": {"steps": 2}},
+                                    "variants": {"eat-cross": {"method": "eat", "method_kwargs": {"transfer": "cross"}}}}))
+    bench = load_benchmark_config(path)
+    plain, cross = (bench.train_config(c) for c in bench.cells())
+    assert (plain.method, plain.method_kwargs) == ("eat", {"steps": 2})
+    assert (cross.method, cross.method_kwargs) == ("eat", {"transfer": "cross"})  # a variant's own options only
+    assert [c["method"] for c in bench.cells()] == ["eat", "eat-cross"]  # cells keep the variant's name
+    for bad, match in [({"eat": {"method": "eat"}}, "name of a method"), ({"x": {"kwargs": {}}}, "must be"),
+                       ({"x": {"method": "eat", "method_kwargs": {"transfer": "sideways"}}}, "transfer")]:
+        path.write_text(yaml.safe_dump({"grid": {**grid, "method": list(bad)}, "variants": bad}))
+        with pytest.raises(ConfigError, match=match):
+            load_benchmark_config(path)
