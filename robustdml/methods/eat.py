@@ -134,7 +134,10 @@ class EAT(AdversarialMethod):
         self.parts = member_parts(self.members, self.parts_per_member)
 
     def build_model(self, make_model):
-        return EnsembleNet([make_model() for _ in range(self.members)], combine=self.combine)
+        model = EnsembleNet([make_model() for _ in range(self.members)], combine=self.combine)
+        if self.bn == "shared" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigError("bn: shared pools BatchNorm statistics, and this backbone has no BatchNorm; use bn: own")
+        return model
 
     def build_criterion(self, make_criterion):
         return _EnsembleLoss([make_criterion() for _ in range(self.members)])
@@ -160,10 +163,12 @@ class EAT(AdversarialMethod):
             masks = [m.repeat_interleave(2) for m in self.masks(index[0::2])]
         else:
             masks = self.masks(index)  # on the CPU, so choosing rows costs no device synchronisation
-        if self.bn == "shared" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            raise ConfigError("bn: shared pools BatchNorm statistics, and this backbone has no BatchNorm; use bn: own")
         # self-transfer: what fools the whole ensemble teaches every member
         shared = self.craft(model, criterion, images, labels, index) if self.transfer == "ensemble" else None
+        # the distillation target of the whole batch, where every member shares it
+        batch_target = None
+        if self.distill and (self.distill_target == "clean" or shared is not None):
+            batch_target = ensemble_target(model, images if self.distill_target == "clean" else shared)
         total = images.new_zeros(())
         for i, (member, member_loss, mask) in enumerate(zip(model.members, criterion, masks)):
             if not mask.any():
@@ -175,7 +180,7 @@ class EAT(AdversarialMethod):
             embedding = member(shared).index_select(0, rows) if self.bn == "shared" else member(x_adv)
             total = total + member_loss(embedding, y)
             if self.distill:
-                target = ensemble_target(model, x if self.distill_target == "clean" else x_adv)
+                target = batch_target.index_select(0, rows) if batch_target is not None else ensemble_target(model, x_adv)
                 total = total + self.distill * distillation(embedding, target)
         if self.diversity_weight:
             total = total + self.diversity_weight * gradient_alignment(model.members, criterion, images, labels)

@@ -61,7 +61,6 @@ class BatchedEnsemble(nn.Module):
         # a weightless copy of one member gives the computation; the stack gives the weights
         self.base = copy.deepcopy(ensemble.members[0]).to("meta").eval()
         self.combine = ensemble.combine
-        self.members = len(ensemble.members)
 
     def stacked(self, x: torch.Tensor) -> torch.Tensor:
         """The members' embeddings, (N, B, D)."""
