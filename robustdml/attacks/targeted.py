@@ -37,10 +37,10 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     first: every column is first filled to floor(n / m) rows, then the rest take one more each.
     ``scores`` (n, m); unavailable pairs are ``-inf``. Returns (n,) column indices."""
     n, m = scores.shape
-    chosen = torch.full((n,), -1, dtype=torch.long)
-    load = torch.zeros(m, dtype=torch.long)
+    # the greedy pass is a Python loop over (row, column) pairs: plain lists, not tensor indexing
+    chosen, load = [-1] * n, [0] * m
     for capacity in dict.fromkeys((n // m, -(-n // m))):  # floor, then ceil
-        free = torch.nonzero(chosen < 0).squeeze(1)
+        free = torch.tensor([r for r in range(n) if chosen[r] < 0], dtype=torch.long)
         if capacity == 0 or len(free) == 0:
             continue
         width = min(m, len(free))  # a row finds a free column among its top len(free)
@@ -48,7 +48,9 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(top_scores.flatten(), descending=True)
         for r, c in zip(free[order // width].tolist(), top_cols.flatten()[order].tolist()):
             if chosen[r] < 0 and load[c] < capacity:
-                chosen[r], load[c] = c, load[c] + 1
+                chosen[r] = c
+                load[c] += 1
+    chosen = torch.tensor(chosen, dtype=torch.long)
     leftover = chosen < 0  # only where every reachable column was unavailable (-inf)
     chosen[leftover] = scores[leftover].argmax(1)
     return chosen

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models.modes import eval_mode
 from .metrics import cluster_scores, kmeans, retrieval_metrics
-from .results import SMOOTHED_VS_CERTIFIED, CertifyResult  # noqa: F401  (re-exported)
+from .results import CertifyResult
 from .session import EvaluationSession
 
 #: the factor of the approximate center's triangle inequality (center = a sample, 2-approximate)

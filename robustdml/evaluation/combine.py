@@ -75,15 +75,17 @@ def retrieval_choice(candidates: torch.Tensor, queries: int, reference: torch.Te
         own = torch.zeros_like(same)
         has_own = torch.nonzero(self_index[lo:hi] >= 0).squeeze(1)
         own[has_own, self_index[lo:hi][has_own]] = True
-        margins = torch.stack([_retrieval_margin(c[lo:hi] @ reference.T, same, own) for c in candidates])
+        not_positive = ~same | own  # built once per block, shared by the candidates
+        margins = torch.stack([_retrieval_margin(c[lo:hi] @ reference.T, same, not_positive) for c in candidates])
         chosen[lo:hi] = margins.argmax(0)
     return chosen
 
 
-def _retrieval_margin(sims: torch.Tensor, same: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """(n,) nearest other-class similarity minus nearest same-class one (not the query itself)."""
+def _retrieval_margin(sims: torch.Tensor, same: torch.Tensor, not_positive: torch.Tensor) -> torch.Tensor:
+    """(n,) nearest other-class similarity minus nearest same-class one (``not_positive``: other
+    classes and the query itself)."""
     negative = sims.masked_fill(same, -torch.inf).amax(1)
-    positive = sims.masked_fill_(~same | own, -torch.inf).amax(1)
+    positive = sims.masked_fill_(not_positive, -torch.inf).amax(1)
     return torch.nan_to_num(negative - positive, nan=-torch.inf)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..losses import mine_triplets
 from .base import register_method
-from .ranking_common import (RankingAdversary, RankingDefence, adversarial_triplet_loss, distance, mine_triplets,
-                             roles)
+from .ranking_common import RankingAdversary, RankingDefence, adversarial_triplet_loss, distance, roles
 
 
 @register_method

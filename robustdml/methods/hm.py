@@ -25,11 +25,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..losses import PairTripletLoss
+from ..losses import PairTripletLoss, mine_triplets
 from ..registry import flag
 from .base import register_method
 from .ranking_common import (MARGIN, RankingAdversary, RankingDefence, adversarial_triplet_loss, clean_embeddings,
-                             distance, mine_triplets, roles)
+                             distance, roles)
 
 DESTINATIONS = ("gradual", "semihard")
 

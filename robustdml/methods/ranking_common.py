@@ -22,7 +22,7 @@ from torch import nn
 from ..attacks import Norm, ThreatModel, check_eps, parse_eps
 from ..attacks.optim import gradient_ascent
 from ..errors import ConfigError
-from ..losses import PairTripletLoss, mine_triplets  # noqa: F401  (re-exported for the defences)
+from ..losses import PairTripletLoss
 from ..models.modes import eval_mode
 from .adversarial import AdversarialMethod
 from .carry import PerturbationBank

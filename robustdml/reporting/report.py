@@ -18,7 +18,7 @@ from ..evaluation.results import SCHEMAS
 from ..files import write_text
 from ..methods import METHODS
 from .markdown import _md_to_html
-from .report_figures import _certify_plot, _convergence, _curves, _tsne, tsne_panels  # noqa: F401
+from .report_figures import _certify_plot, _convergence, _curves, _tsne
 from .report_tables import (CHECKS_LINK, _certified, _certify_md, _checks_md, _configs_md, _ranking_md, _stale_labels,
                             _suite_md, _table_md, _upper_bound_marks, _worst_by_md)
 from .summary import summarize

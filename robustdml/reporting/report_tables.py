@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..evaluation.certify import SMOOTHED_VS_CERTIFIED
+from ..evaluation.results import SMOOTHED_VS_CERTIFIED
 from ..evaluation.checks import CHECK_MEANING, UPPER_BOUND, failed_metrics, failure_note, upper_bounds
 from ..evaluation.metrics import metric_names
 from .summary import mean_std

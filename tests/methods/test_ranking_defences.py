@@ -11,7 +11,8 @@ from robustdml.errors import ConfigError
 from robustdml.losses import create_loss
 from robustdml.methods import create_method
 from robustdml.methods.hm import semihard_negatives
-from robustdml.methods.ranking_common import distance, mine_triplets, robrank_step
+from robustdml.losses import mine_triplets
+from robustdml.methods.ranking_common import distance, robrank_step
 from robustdml.models import create_model
 
 

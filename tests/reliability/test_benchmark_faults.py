@@ -12,7 +12,8 @@ import yaml
 from robustdml.benchmark import Benchmark, load_benchmark_config
 from robustdml.engine import Trainer
 from robustdml.errors import ConfigError
-from robustdml.reporting.report import build_report, group_tables, load_cells, tsne_panels
+from robustdml.reporting.report import build_report, group_tables, load_cells
+from robustdml.reporting.report_figures import tsne_panels
 
 REPO = Path(__file__).resolve().parents[2]
 
