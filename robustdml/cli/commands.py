@@ -37,25 +37,32 @@ def _first_process_only(command):
         if rank != 0:
             return 0
         if world > 1:
-            log.warning("%s runs in the first of the %d processes (only the attack suite is shared)",
+            log.warning("%s runs in the first of the %d processes (only attack and evaluate share their work)",
                         command.__name__.removeprefix("_cmd_").replace("_", " "), world)
         return command(args)
     run.__name__ = command.__name__
     return run
 
 
-@_first_process_only
 def _cmd_evaluate(args) -> int:
     from ..api import checked_model
+    from ..engine.distributed import init_distributed
     from ..evaluation import clean_metrics
+    from ..evaluation.shards import Shards
     from ..files import write_json
     from ..reporting import metrics_table
 
     test = _test_data(args)
+    rank, world, _ = init_distributed()  # under torchrun the processes share the batches to embed
+    if rank != 0:
+        logging.getLogger("robustdml").setLevel(logging.WARNING)  # the first process reports
     model, device, workers = _load_for_evaluation(args)
     model, device, workers = checked_model(model, test, device, args.normalize, workers)
     metrics = clean_metrics(model, test.query, test.gallery, ks=test.ks, device=device, batch_size=args.batch_size,
-                            seed=args.seed, workers=workers, progress=not args.quiet, restarts=args.kmeans_restarts)
+                            seed=args.seed, workers=workers, progress=not args.quiet and rank == 0,
+                            restarts=args.kmeans_restarts, shards=Shards.of_launch())
+    if rank != 0:
+        return 0
     result = {"clean": metrics}
     print(metrics_table(result))
     out = Path(args.json) if args.json else (Path(args.model) / "eval.json" if Path(args.model).is_dir() else None)

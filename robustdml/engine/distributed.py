@@ -6,7 +6,8 @@ embeddings are gathered with gradient), so Proxy Anchor sees the same batch as i
 gradients are averaged across ranks after backward, so weights and proxies stay identical. The
 floating-point buffers (BatchNorm running statistics) are averaged after every step too, so every
 rank's model in eval mode — the attack's and the evaluation's — is the same model. Evaluation embeds
-a slice of the test set on each rank and gathers the embeddings to rank 0, which computes the metrics.
+its share of the test set's batches on each rank (:func:`robustdml.evaluation.embed`) and rank 0
+computes the metrics.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import signal
 import sys
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler, Subset
+from torch.utils.data import Sampler
 
 from ..errors import ConfigError
 
@@ -170,34 +170,6 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def embed_sharded(embed_fn, dataset, device: torch.device) -> tuple[torch.Tensor, np.ndarray] | None:
-    """Each rank embeds a contiguous slice of ``dataset`` with ``embed_fn(subset)`` -> (embeddings,
-    labels); rank 0 gets the whole set in order, the other ranks ``None``."""
-    world, rank, n = dist.get_world_size(), dist.get_rank(), len(dataset)
-    per = -(-n // world)
-    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
-    if hi > lo:
-        emb, labels = embed_fn(Subset(dataset, range(lo, hi)))
-    else:
-        emb, labels = None, np.zeros(0, dtype=np.int64)
-    # the embedding width, from a rank that has samples (rank 0 always has when n >= 1)
-    dims = gather_objects(None if emb is None else emb.shape[1])
-    dim = next(d for d in dims if d is not None)
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = torch.zeros(per, dim, device=comm)
-    padded_labels = torch.full((per,), -1, dtype=torch.int64, device=comm)
-    if emb is not None:
-        padded[:hi - lo] = emb.to(comm)
-        padded_labels[:hi - lo] = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(comm)
-    parts = [torch.zeros_like(padded) for _ in range(world)] if rank == 0 else None
-    label_parts = [torch.zeros_like(padded_labels) for _ in range(world)] if rank == 0 else None
-    dist.gather(padded, parts, dst=0)
-    dist.gather(padded_labels, label_parts, dst=0)
-    if rank != 0:
-        return None
-    return torch.cat(parts)[:n].float().cpu(), torch.cat(label_parts)[:n].cpu().numpy()
 
 
 def assert_in_sync(modules) -> None:

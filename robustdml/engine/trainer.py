@@ -249,7 +249,7 @@ class Trainer(Validation, RunFiles):
         loss = self.train_epoch(epoch)
         seconds = time.perf_counter() - started
         evaluating = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
-        embeddings = self.embed_test() if evaluating else None  # every rank embeds a slice
+        embeddings = self.embed_test() if evaluating else None  # every rank embeds its share of the batches
         row = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": seconds}
         if main and evaluating:
             row.update(self._select(epoch, self.evaluate(embeddings)))

@@ -9,10 +9,10 @@ from torch.utils.data import Subset
 
 from ..evaluation import embed, evaluate_embeddings
 from ..evaluation.robust import eps_key, evaluate_robustness
+from ..evaluation.shards import Shards
 from ..evaluation.suite import NAMED as NAMED_SUITES
 from ..evaluation.suite import AttackSuite
 from .checkpoint import isolated_rng
-from .distributed import embed_sharded
 
 
 class Validation:
@@ -20,16 +20,16 @@ class Validation:
 
     def embed_test(self):
         """Embeddings and labels of the test query (and gallery) set: ((q, ql), (g, gl) or None).
-        Under several processes every rank embeds a slice and rank 0 gets everything (the others None)."""
-        def run(subset):  # in fp32, as `robustdml evaluate` and `attack` embed, so the metrics match theirs
-            return embed(self.model, subset, self.cfg.eval_batch_size, self.device, self.workers)
+        Under several processes every rank embeds its share of the batches and rank 0 gets everything
+        (the others None)."""
+        shards = Shards.of_launch() if self.world > 1 else Shards()
 
-        def one(dataset):
-            return embed_sharded(run, dataset, self.device) if self.world > 1 else run(dataset)
+        def one(dataset):  # in fp32, as `robustdml evaluate` and `attack` embed, so the metrics match theirs
+            return embed(self.model, dataset, self.cfg.eval_batch_size, self.device, self.workers, shards=shards)
 
         query = one(self.query_set)
         gallery = one(self.gallery_set) if self.gallery_set is not None else None
-        return None if query is None else (query, gallery)
+        return (query, gallery) if shards.first else None
 
     def evaluate(self, embeddings) -> dict[str, float]:
         """Clean metrics (and the robust validation) from :meth:`embed_test`'s result; rank 0 only."""

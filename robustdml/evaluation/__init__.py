@@ -14,6 +14,7 @@ from ..data import dataset_spec, evaluation_sets
 from .embed import embed
 from .metrics import (METRICS, Metric, MetricKind, ari, clustering_metrics, kmeans, metric_names, nmi, pairwise_f1,
                       register_metric, retrieval_metrics)
+from .shards import Shards
 
 
 def evaluate_embeddings(query: torch.Tensor, query_labels: np.ndarray, gallery: torch.Tensor | None = None,
@@ -41,11 +42,15 @@ def evaluate_model(model: nn.Module, dataset: str, root=None, device: str | torc
 
 def clean_metrics(model: nn.Module, query_set, gallery_set=None, *, ks=(1, 2, 4, 8), device="cpu",
                   batch_size: int = 256, seed: int = 0, workers: int = 0, progress: bool = False,
-                  restarts: int = 5) -> dict[str, float]:
-    """Clean metrics of ``model`` on a query set and its gallery (None: leave-one-out in the queries)."""
-    q, ql = embed(model, query_set, batch_size, device, workers, progress)
-    g, gl = embed(model, gallery_set, batch_size, device, workers, progress) if gallery_set is not None else (None, None)
-    return evaluate_embeddings(q, ql, g, gl, ks=ks, seed=seed, restarts=restarts)
+                  restarts: int = 5, shards: Shards | None = None) -> dict[str, float]:
+    """Clean metrics of ``model`` on a query set and its gallery (None: leave-one-out in the queries).
+    ``shards``: the processes of a ``torchrun`` launch share the embedding (:func:`embed`); the
+    first computes the metrics, and every process gets them."""
+    shards = shards or Shards()
+    q, ql = embed(model, query_set, batch_size, device, workers, progress, shards)
+    g, gl = (embed(model, gallery_set, batch_size, device, workers, progress, shards) if gallery_set is not None
+             else (None, None))
+    return shards.first_computes(lambda: evaluate_embeddings(q, ql, g, gl, ks=ks, seed=seed, restarts=restarts))
 
 
 __all__ = ["embed", "evaluate_embeddings", "evaluate_model", "clean_metrics", "clustering_metrics", "retrieval_metrics",

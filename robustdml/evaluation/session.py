@@ -8,9 +8,9 @@ robust evaluation (:mod:`.robust`), RobRank's ranking protocol (:mod:`.ranking`)
 certificates (:mod:`.certify`) are protocols over it; a benchmark cell builds one session and
 every part of the cell reads the same clean state.
 
-Under ``torchrun`` the processes share one session (:mod:`.shards`): the first computes the clean
-state, the plans and the metrics and sends them to the others, each perturbs its share of the
-batches, and the perturbed embeddings are gathered to all. With a :class:`~.store.EntryFiles`
+Under ``torchrun`` the processes share one session (:mod:`.shards`): each embeds, and perturbs,
+its share of the batches, gathered to all; the first computes the clean clustering, the plans and
+the metrics and sends them to the others. With a :class:`~.store.EntryFiles`
 the attack writes every finished batch to disk and a rerun reads them back.
 
 >>> session = EvaluationSession(model, query_set, settings=EvalSettings(seed=0, ks=(1, 2, 4, 8)))
@@ -127,8 +127,9 @@ class EvaluationSession:
     # --- the clean state, each computed once --------------------------------------------------------
     @property
     def _embedded(self) -> tuple[torch.Tensor, np.ndarray]:
-        return self._cached("embedded", lambda: self.shards.first_computes(lambda: embed(
-            self.model, self.pool, self.settings.batch_size, self.device, self.settings.workers)))
+        # every process embeds its share of the batches (a collective: every process comes here)
+        return self._cached("embedded", lambda: embed(self.model, self.pool, self.settings.batch_size, self.device,
+                                                      self.settings.workers, shards=self.shards))
 
     @property
     def clean_emb(self) -> torch.Tensor:

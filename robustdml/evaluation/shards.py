@@ -1,12 +1,12 @@
 """An evaluation shared by the processes of a ``torchrun`` launch (gloo on CPUs, NCCL on GPUs).
 
 The unit of work is a batch of the test pool: batch ``b`` (the pool's positions ``b·B … b·B+B-1``
-for the batch size ``B``) is perturbed by process ``b mod K`` of ``K``. An attack's random start and
-random search are seeded per batch, so a sample's perturbation depends on the batch size, never on
-the number of processes: ``K`` processes give the figures of one. What every process needs whole —
-the clean embeddings, the clean clustering, the attacks' planned targets, the metrics of each
-attack — is computed once, by the first process, and sent to the others; the perturbed batches'
-embeddings are gathered to every process.
+for the batch size ``B``) is embedded, and perturbed, by process ``b mod K`` of ``K``. An attack's
+random start and random search are seeded per batch, so a sample's perturbation depends on the
+batch size, never on the number of processes: ``K`` processes give the figures of one. The clean
+and the perturbed batches' embeddings are gathered to every process; what else every process needs
+whole — the clean clustering, the attacks' planned targets, the metrics of each attack — is
+computed once, by the first process, and sent to the others.
 
 Sharing is asked for (``EvalSettings(distributed=True)``, which the ``attack`` command sets under
 torchrun), never inferred from an open process group: training's robust validation runs in its

@@ -98,7 +98,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
-def test_evaluation_embedded_on_every_rank_gathers_in_order_on_rank_0():
+def test_an_embedding_shared_by_two_processes_equals_one_process_s_on_every_rank():
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(Path(__file__).parent / "sharded_embed_worker.py")],
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},

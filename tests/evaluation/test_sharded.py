@@ -116,3 +116,18 @@ def test_a_killed_worker_ends_the_launch_in_one_line_and_a_rerun_completes_it(di
     assert rerun.returncode == 0, rerun.stderr
     assert "reused" in rerun.stderr
     assert _result(killed) == _result(whole)
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun")
+def test_evaluate_shared_by_two_processes_writes_the_figures_of_one(digits_run, tmp_path):
+    model = digits_run[0] / "best"
+    written = {}
+    for name, launcher in (("one", [sys.executable]), ("two", [str(TORCHRUN), "--standalone", "--nproc_per_node=2"])):
+        out = tmp_path / f"{name}.json"
+        done = subprocess.run([*launcher, "-m", "robustdml", "-q", "evaluate", str(model), "--dataset", "digits",
+                               "--batch-size", "64", "--json", str(out)], cwd=REPO, env=_env(1), capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "runs in the first" not in done.stderr  # shared, not left to one process
+        written[name] = json.loads(out.read_text())
+    assert written["two"] == written["one"]  # the same batches embedded, so the same numbers to the bit
