@@ -221,9 +221,7 @@ class _MemberStack(nn.Module):
         self.model = model
 
     def forward(self, x):
-        if isinstance(self.model, BatchedEnsemble):
-            return self.model.stacked(x).permute(1, 0, 2).reshape(x.shape[0], -1)
-        return torch.cat([m(x) for m in self.model.members], 1)
+        return self.model.stacked(x).permute(1, 0, 2).reshape(x.shape[0], -1)
 
 
 class _SummedLoss(nn.Module):

@@ -116,7 +116,11 @@ class EnsembleNet(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.members for p in m.head_parameters()]
 
+    def stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' embeddings, (N, B, D)."""
+        return torch.stack([m(x) for m in self.members])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [m(x) for m in self.members]
-        joined = torch.stack(outs).mean(0) if self.combine == "mean" else torch.cat(outs, 1)
+        outs = self.stacked(x)
+        joined = outs.mean(0) if self.combine == "mean" else outs.permute(1, 0, 2).reshape(x.shape[0], -1)
         return F.normalize(joined, dim=1)

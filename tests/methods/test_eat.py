@@ -32,16 +32,16 @@ def test_member_parts():
     assert member_parts(3, 3) == [[0, 1, 2]] * 3
 
 
-def _setup(transfer="ensemble", split="random", members=3, objective="displacement", **options):
-    method = create_method("eat", members=members, transfer=transfer, split=split, eps=0.1, steps=3,
+def _setup(transfer="ensemble", split="random", members=3, objective="displacement", steps=3, images=30, **options):
+    method = create_method("eat", members=members, transfer=transfer, split=split, eps=0.1, steps=steps,
                            objective=objective, **options)
     torch.manual_seed(0)
     model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
     criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
     method.setup(TrainingSetup(num_samples=60, seed=0, threat=ThreatModel(0.1)))
     ds = get_dataset("digits", "train")
-    x, y = ds.images[:30].clone(), torch.as_tensor(ds.labels[:30])
-    return method, model, criterion, x, y, torch.arange(30)
+    x, y = ds.images[:images].clone(), torch.as_tensor(ds.labels[:images])
+    return method, model, criterion, x, y, torch.arange(images)
 
 
 def _member_grads(method, model, criterion, x, y, index, member=0):
@@ -168,17 +168,11 @@ def test_degenerate_readings_equal_todays_eat(options):
 
 def _train_briefly(steps=8, **options):
     """A few Adam steps of EAT on one digits batch; the trained ensemble and the batch."""
-    method = create_method("eat", eps=0.1, steps=1, split="none", **options)
-    torch.manual_seed(0)
-    model = method.build_model(lambda: create_model("small-cnn", embedding_dim=8)).train()
-    criterion = method.build_criterion(lambda: create_loss("proxy_anchor", num_classes=5, embedding_dim=8))
-    method.setup(TrainingSetup(num_samples=60, seed=0, threat=ThreatModel(0.1)))
+    method, model, criterion, x, y, index = _setup(split="none", steps=1, images=32, **options)
     optimiser = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=3e-3)
-    ds = get_dataset("digits", "train")
-    x, y = ds.images[:32].clone(), torch.as_tensor(ds.labels[:32])
     for _ in range(steps):
         optimiser.zero_grad()
-        method.loss(model, criterion, x, y, torch.arange(32)).backward()
+        method.loss(model, criterion, x, y, index).backward()
         optimiser.step()
     return model.eval(), criterion, x, y
 
