@@ -8,7 +8,7 @@ batch 0 "clean", "adv": the first images}``; :func:`joined` puts the pieces toge
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -28,7 +28,7 @@ def perturb_pool(session: "EvaluationSession", attack: Attack, desc: str, sample
     """:meth:`EvaluationSession.attack`: (adversarial embeddings, first images, traced embeddings)."""
     targets = session.plan(attack)
     parts: dict[int, Part] = {}
-    with _counting(session), _tracing(attack):
+    with _counting(session), _tracing(attack), _layout(session):
         for number, (images, labels, index) in _shard_batches(session, saved, parts, desc):
             part = parts[number] = {}
             attack.trace = _tracer(victim, images, part, trace_at) if trace_at else None
@@ -75,21 +75,45 @@ def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts
     yield from zip(todo, session.batches(positions, desc=desc))
 
 
-@contextmanager
-def _counting(session: "EvaluationSession"):
-    """Count the images passed through the model in ``session.forwards`` (an ensemble: through its
-    members, whose forwards the reweighted objective calls directly, divided by their number)."""
-    model = session.model
-    counted = list(model.members) if isinstance(model, EnsembleNet) else [model]
+def _networks(model: nn.Module) -> list[nn.Module]:
+    """The networks an image passes through: an ensemble's members (which the reweighted objective
+    calls directly), else the model."""
+    return list(model.members) if isinstance(model, EnsembleNet) else [model]
 
-    def count(module, inputs, output) -> None:
-        session.count_forwards(len(inputs[0]) / len(counted))
-    hooks = [m.register_forward_hook(count) for m in counted]
+
+@contextmanager
+def _hooked(model: nn.Module, **hooks):
+    """Hooks (``forward=``, ``forward_pre=``) on the model's networks while the attack runs; the
+    model is given back without them, its parameters and buffers untouched."""
+    handles = [getattr(net, f"register_{kind}_hook")(hook) for net in _networks(model) for kind, hook in hooks.items()]
     try:
         yield
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def _counting(session: "EvaluationSession"):
+    """Count the images passed through the model in ``session.forwards`` (an ensemble: through its
+    members, divided by their number)."""
+    members = len(_networks(session.model))
+
+    def count(module, inputs, output) -> None:
+        session.count_forwards(len(inputs[0]) / members)
+    return _hooked(session.model, forward=count)
+
+
+def _layout(session: "EvaluationSession"):
+    """Every image batch into the networks in channels-last layout where the session asks for it
+    (``EvalSettings.layout``): a copy per pass, differentiable, so the attack's own tensors keep
+    whatever layout they have."""
+    if session.attack_layout != "channels-last":
+        return nullcontext()
+
+    def to_channels_last(module, inputs):
+        x = inputs[0]
+        return (x.to(memory_format=torch.channels_last), *inputs[1:]) if x.dim() == 4 else None
+    return _hooked(session.model, forward_pre=to_channels_last)
 
 
 @contextmanager

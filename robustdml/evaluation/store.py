@@ -130,6 +130,7 @@ def fingerprint(session, suite, threat) -> dict:
             "labels": _digest(torch.from_numpy(session.labels.astype("int64"))), "queries": session.n_query,
             "seed": s.seed, "kmeans_restarts": s.kmeans_restarts, "batch_size": s.batch_size, "ks": list(s.ks),
             "plan_seed": session.plan_seed, "threat": [threat.eps, threat.norm.value], "suite": suite.name,
+            "layout": session.attack_layout,
             "surrogate": None if session.surrogate is None else _digest(*session.surrogate.state_dict().values())}
 
 

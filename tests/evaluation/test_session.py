@@ -85,7 +85,8 @@ def test_protocols_on_one_session_give_their_own_figures(data):
     assert a == b
 
 
-@pytest.mark.parametrize("bad", [{"kmeans_restarts": 0}, {"batch_size": 1.5}, {"ks": ()}, {"ks": (0,)}])
+@pytest.mark.parametrize("bad", [{"kmeans_restarts": 0}, {"batch_size": 1.5}, {"ks": ()}, {"ks": (0,)},
+                                 {"layout": "nhwc"}])
 def test_bad_settings_are_one_line_errors(bad):
     with pytest.raises(ConfigError):
         EvalSettings(**bad)
@@ -119,3 +120,38 @@ def test_processes_share_an_evaluation_only_when_asked(data, monkeypatch):
     model = nn.Linear(1, 1)
     assert EvaluationSession(model, data).shards == Shards(0, 1)
     assert EvaluationSession(model, data, settings=EvalSettings(distributed=True)).shards == Shards(0, 2)
+
+
+def test_attacks_perturb_channels_last_images_on_the_cpu_for_own_models_only(data):
+    from robustdml.models import create_model
+    torch.manual_seed(0)
+    own = create_model("small-cnn", embedding_dim=16, in_channels=1, pretrained=False).eval()
+    assert EvaluationSession(own, data).attack_layout == "channels-last"
+    assert EvaluationSession(Net().eval(), data).attack_layout == "as-given"  # it may view its input
+    assert EvaluationSession(own, data, settings=EvalSettings(layout="as-given")).attack_layout == "as-given"
+
+    seen = []
+
+    class Recording(nn.Module):  # what the attack hands the model, recorded
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            seen.append(x.stride(1) == 1)  # channels innermost (a contiguous 1-channel batch has stride 64 there)
+            return self.inner(x)
+
+    attack = create_attack("displacement", eps=0.1, steps=3, optimizer="pgd")
+    figures = {}
+    for layout in ("channels-last", "as-given"):
+        session = EvaluationSession(Recording(own), data, settings=EvalSettings(kmeans_restarts=1, layout=layout))
+        session.clean_emb  # the clean embedding is not an attack's: as it comes
+        seen.clear()
+        figures[layout] = session.attack(attack)[0]
+        assert seen and all(seen) == (layout == "channels-last")
+        assert not session.model._forward_pre_hooks and not session.model._forward_hooks  # given back bare
+    # the same attack either way, its sums in another order: as strong (a sign step flipped by the
+    # last bit may send an image another way, so not bit for bit)
+    clean = session.clean_emb
+    moved = [float(1 - (figures[k] * clean).sum(1).mean()) for k in ("channels-last", "as-given")]
+    assert moved[1] > 0.01 and abs(moved[0] / moved[1] - 1) < 0.02, moved
