@@ -63,8 +63,10 @@ def _cmd_evaluate(args) -> int:
                             restarts=args.kmeans_restarts, shards=Shards.of_launch())
     if rank != 0:
         return 0
+    from ..engine.provenance import software_versions
     result = {"clean": metrics}
     print(metrics_table(result))
+    result["versions"] = software_versions()
     out = Path(args.json) if args.json else (Path(args.model) / "eval.json" if Path(args.model).is_dir() else None)
     if out is not None:
         write_json(out, result)
@@ -196,8 +198,10 @@ def _results_dir(args, kind: str) -> Path:
 
 
 def _saved(args, kind: str, stem: str, found) -> tuple[Path, Path]:
-    """Save a result (with the model it is of) as ``--json`` or OUT/STEM.json; (OUT, the file)."""
-    found.about = {"model": str(args.model), **found.about}
+    """Save a result (with the model it is of and the software and commit that made it) as
+    ``--json`` or OUT/STEM.json; (OUT, the file)."""
+    from ..engine.provenance import software_versions
+    found.about = {"model": str(args.model), **found.about, "versions": software_versions()}
     out_dir = _results_dir(args, kind)
     json_path = Path(args.json) if args.json else out_dir / f"{stem}.json"
     found.save(json_path)

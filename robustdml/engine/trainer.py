@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .devices import default_workers, resolve_device
 from .distributed import (ShardedBatchSampler, assert_in_sync, average_buffers, average_gradients, barrier,
                           distributed_criterion, gather_objects, init_distributed)
+from .provenance import software_versions
 from .run_files import RunFiles
 from .validation import Validation
 
@@ -239,7 +240,7 @@ class Trainer(Validation, RunFiles):
                 self.run_epoch(epoch, main, writer)
         result = TrainResult(self.best["epoch"], self.cfg.select_metric, self.best.get("metrics", {}), main=main)
         if main:
-            write_json(self.out / "metrics.json", result.to_dict())
+            write_json(self.out / "metrics.json", {**result.to_dict(), "versions": software_versions()})
         return result
 
     def run_epoch(self, epoch: int, main: bool, writer) -> None:

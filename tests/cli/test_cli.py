@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 from clirun import run_cli, run_main
 
 from robustdml.cli.main import main
+from robustdml.engine.provenance import git_commit
 
 FAST = ["epochs=1", "embedding_dim=16", "batch_size=64", "lr=0.001"]
 
@@ -32,7 +34,11 @@ def test_train_then_evaluate_writes_float_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nmi" in printed and "recall@1" in printed
     result = json.loads(out.read_text())
-    assert set(result) == {"clean"}
+    assert set(result) == {"clean", "versions"}
+    # what made the figures: the software and, in a checkout, the commit (as the training's metrics)
+    for versions in (result["versions"], json.loads((run / "metrics.json").read_text())["versions"]):
+        assert versions["torch"] == torch.__version__ and versions["commit"] == git_commit()
+    assert git_commit() is None or len(git_commit().removesuffix("+dirty")) == 40
     for key in ("nmi", "f1", "ari", "recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
         assert isinstance(result["clean"][key], float)
 
@@ -177,6 +183,7 @@ def test_attack_budgets_outputs_and_data_records(digits_run, tmp_path):
     assert len(custom) == 1
     result = json.loads(custom[0].read_text())
     assert list(result["worst"]) == [f"{8 / 255:.6g}", "0.1"] and result["dataset"] == "digits"
+    assert result["versions"]["commit"] == git_commit() and result["versions"]["robustdml"]
     assert (model / "attack" / custom[0].stem / "metrics_vs_eps.png").is_file()
     assert run_main(*common[:6], "--suite", "fast", "-q").returncode == 0
     assert (model / "attack" / "digits-fast.json").is_file() and custom[0].is_file()  # both kept
