@@ -1,4 +1,6 @@
-"""Acceptance of the attack suite on the default (undefended) digits model."""
+"""Acceptance of the attack suite on the default (undefended) digits model: its white-box attacks
+with APGD, as the strong suite runs them (10-step PGD, whose fixed step halves when the steps
+double, is not monotone in its iterations on every model: on some, 20 steps end weaker than 10)."""
 
 import json
 
@@ -13,13 +15,18 @@ from robustdml.evaluation.robust import AttackSuite, eps_key, evaluate_robustnes
 EPS = [0.05, 0.1, 0.15, 0.2]
 
 
+def _apgd(attack: str) -> dict:
+    return {"label": attack, "attack": attack, "optimizer": "apgd"}
+
+
 @pytest.fixture(scope="module")
 def suite(digits_run):
     run, _ = digits_run
     query, gallery = evaluation_sets("digits")
     threat = ThreatModel.of("digits")
     found = evaluate_robustness(robustdml.load_model(run), query, gallery,
-                                AttackSuite(["displacement", "centroid", "retrieval", "noise"], eps=EPS), threat=threat)
+                                AttackSuite([*map(_apgd, ("displacement", "centroid", "retrieval")), "noise"], eps=EPS),
+                                threat=threat)
     assert found.main_eps == threat.eps
     return found.to_dict(), threat.eps
 
