@@ -22,7 +22,7 @@ def embed(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str
     process, so the embeddings are too."""
     shards = shards or Shards()
     n = len(dataset)
-    numbers = list(range(shards.rank, -(-n // batch_size), shards.world))
+    numbers = shards.batches(n, batch_size)
     if shards.world > 1:
         # this process's batches back to back; only the set's last batch is short, and it comes last
         dataset = Subset(dataset, [i for b in numbers for i in range(b * batch_size, min((b + 1) * batch_size, n))])

@@ -62,10 +62,9 @@ def piece(emb: torch.Tensor, first: tuple, traced: dict) -> Part:
 def _shard_batches(session: "EvaluationSession", saved: EntryFiles | None, parts: dict, desc: str):
     """(batch number, batch) of this process's share of the pool's batches (batch ``b`` to process
     ``b mod K``) that ``saved`` does not hold already (those go into ``parts``, unread from the data)."""
-    rank, world = session.shards.rank, session.shards.world
     size, n = session.settings.batch_size, len(session.pool)
     todo = []
-    for number in range(rank, -(-n // size), world):
+    for number in session.shards.batches(n, size):
         found = saved.batch(number) if saved is not None else None
         if found is None:
             todo.append(number)

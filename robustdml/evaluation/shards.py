@@ -41,6 +41,10 @@ class Shards:
     def first(self) -> bool:
         return self.rank == 0
 
+    def batches(self, n: int, size: int) -> list[int]:
+        """The numbers of this process's batches of ``n`` items in batches of ``size``: ``b mod K == rank``."""
+        return list(range(self.rank, -(-n // size), self.world))
+
     def first_computes(self, compute: Callable[[], T]) -> T:
         """``compute()`` run on rank 0 only, its (picklable) result given to every rank. Every rank
         must call it at the same point, and ``compute`` must not call it again."""
