@@ -11,6 +11,13 @@ steps of an epoch; then each method's epoch over ``standard``'s.
 Needs Fashion-MNIST (``--root``, default Debian's dataset-fashion-mnist folder), so it is not part of
 ``make bench``. Prints ``M1 <eat epoch / pgd-at epoch>`` (EAT with 3 members: about 3 expected), a
 table, then JSON.
+
+With ``--fast``, every defence is also timed with the fast training adversary of
+configs/benchmark-fashion-cpu-fast.yaml (the carried one-step adversary), its steps alternated with
+the K-step ones on the same batches, and ``F2<method> <fast epoch / K-step epoch> 0.15`` is printed
+for each, the moment it is measured:
+
+    python bench/method_cost.py --fast --methods est act --batches 3 --warmup 1
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import itertools
 import json
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +44,9 @@ from robustdml.engine.devices import resolve_device  # noqa: E402
 
 METHODS = ("standard", "est", "act", "hm", "pgd-at", "eat")
 RECIPE = Path(__file__).parent.parent / "configs" / "fashion-robrank.yaml"
+FAST = Path(__file__).parent.parent / "configs" / "benchmark-fashion-cpu-fast.yaml"
 STEP_3_255 = 3 / 255
+F2_TARGET = 0.15
 
 
 def method_kwargs(method: str, steps: int, batched: str = "auto") -> dict:
@@ -50,21 +60,49 @@ def method_kwargs(method: str, steps: int, batched: str = "auto") -> dict:
     return {"members": 3, "steps": steps, "step_size": STEP_3_255, "batched": batched}
 
 
-def measure(method: str, args, tmp: str) -> dict:
-    cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": method_kwargs(method, args.steps, args.eat_batched),
+def fast_kwargs(method: str, batched: str = "auto") -> dict:
+    """The fast training adversary of configs/benchmark-fashion-cpu-fast.yaml."""
+    kwargs = dict(read_yaml(FAST)["method_kwargs"].get(method, {}))
+    return {**kwargs, "batched": batched} if method == "eat" else kwargs
+
+
+def trainer_for(method: str, kwargs: dict, args, folder: str) -> Trainer:
+    cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": kwargs,
            "root": args.root, "device": args.device, "robust_eval": False, "amp": args.amp}
-    trainer = Trainer(config_from_dict(cfg), f"{tmp}/{method}", progress=False)
+    trainer = Trainer(config_from_dict(cfg), folder, progress=False)
     trainer.model.train()
     trainer.sampler.set_epoch(0)
-    batches = list(itertools.islice(iter(trainer.loader), args.warmup + args.batches))
-    device = trainer.device
-    for images, labels, index in batches[: args.warmup]:
-        trainer.train_step(images, labels, index)
-    sync(device)
-    seconds = [timed(lambda b=b: trainer.train_step(*b), device) for b in batches[args.warmup:]]
-    step = sorted(seconds)[len(seconds) // 2]
+    return trainer
+
+
+def epoch_of(seconds: list[float], trainer: Trainer) -> dict:
+    step = statistics.median(seconds)
     per_epoch = len(trainer.loader)
     return {"step_s": round(step, 4), "steps_per_epoch": per_epoch, "epoch_s": round(step * per_epoch, 1)}
+
+
+def measure(method: str, args, tmp: str) -> dict:
+    """One method's epoch at K steps; with ``--fast`` (a defence) also its fast adversary's epoch,
+    the two trainers' steps alternated on the same batches so that drift hits both."""
+    trainers = {"full": trainer_for(method, method_kwargs(method, args.steps, args.eat_batched), args, f"{tmp}/{method}")}
+    if args.fast and method != "standard":
+        trainers["fast"] = trainer_for(method, fast_kwargs(method, args.eat_batched), args, f"{tmp}/{method}-fast")
+    batches = list(itertools.islice(iter(trainers["full"].loader), args.warmup + args.batches))
+    device = trainers["full"].device
+    for images, labels, index in batches[: args.warmup]:
+        for trainer in trainers.values():
+            trainer.train_step(images, labels, index)
+    sync(device)
+    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+    for b in batches[args.warmup:]:
+        for name, trainer in trainers.items():
+            seconds[name].append(timed(lambda t=trainer, b=b: t.train_step(*b), device))
+    result = epoch_of(seconds["full"], trainers["full"])
+    if "fast" in trainers:
+        result["fast"] = {**epoch_of(seconds["fast"], trainers["fast"]), "method_kwargs": fast_kwargs(method)}
+        # both epochs have the loader's steps: the ratio of the median steps, unrounded
+        result["F2"] = round(statistics.median(seconds["fast"]) / statistics.median(seconds["full"]), 3)
+    return result
 
 
 def main() -> int:
@@ -78,6 +116,8 @@ def main() -> int:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default off, as RobRank trains in fp32)")
     p.add_argument("--eat-batched", default="auto", choices=("auto", "on", "off"),
                    help="EAT's members in the attack: batched (vmap), a loop, or auto (batched on CUDA)")
+    p.add_argument("--fast", action="store_true",
+                   help="also time each defence with the fast adversary of configs/benchmark-fashion-cpu-fast.yaml (F2)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -85,8 +125,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             results[method] = measure(method, args, tmp)
-            print(f"{method:9s} step {results[method]['step_s']:.4f} s   epoch {results[method]['epoch_s'] / 60:6.2f} min",
-                  flush=True)
+            row = results[method]
+            print(f"{method:9s} step {row['step_s']:.4f} s   epoch {row['epoch_s'] / 60:6.2f} min", flush=True)
+            if "F2" in row:
+                print(f"F2{method} {row['F2']:.2f} {F2_TARGET:.2f}      # fast epoch {row['fast']['epoch_s'] / 60:.2f} min, "
+                      f"{args.steps}-step {row['epoch_s'] / 60:.2f} min", flush=True)
     base = results.get("standard", {}).get("epoch_s")
     for row in results.values():
         if base:
