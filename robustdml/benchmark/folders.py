@@ -64,6 +64,23 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def claimed(path: Path):
+    """An exclusive lock on ``path`` for the block if no other process holds it: yields True, else
+    False at once (that process is running what the lock guards)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_finished(path: Path) -> dict | None:
     """A cell's result if it finished ("ok"), else None."""
     try:

@@ -27,7 +27,7 @@ from ..files import write_json, write_text
 from ..models import load_model
 from ..reporting.tsne import tsne_points
 from .config import SAVED, SURROGATE_SEED, TSNE_METHODS, BenchmarkConfig, plain, cell_name
-from .folders import config_changed, locked, read_finished, set_aside
+from .folders import claimed, config_changed, locked, read_finished, set_aside
 from .plan import PART_KEYS, CellPlan, differences, held_parts, model_files_hash, plan_line
 
 log = logging.getLogger(__name__)
@@ -44,37 +44,48 @@ class Benchmark:
     def run(self) -> dict[str, str]:
         """Run every cell whose results are missing or were made with other settings; returns cell
         name -> status: "ok" (run from training on), "updated" (some evaluation parts re-run, the
-        training reused), "skipped" (up to date), "stale" (kept with ``reuse_stale``), "failed"."""
+        training reused), "skipped" (up to date), "stale" (kept with ``reuse_stale``), "failed", or
+        "busy" (another process sharing the output folder holds the cell's lock and runs it)."""
         self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "benchmark.yaml", yaml.safe_dump(plain(self.cfg.__dict__), sort_keys=False))
         statuses = {}
         cells = self.cfg.cells()
         for i, cell in enumerate(cells, 1):
             name = cell_name(cell)
-            result_path = self.out / "cells" / name / "result.json"
-            start = time.time()
-            try:
-                plan = self.plan(cell, read_finished(result_path))
-                if not plan.run:
-                    statuses[name] = "stale" if plan.stale else "skipped"
-                    log.info("[%d/%d] %s: %s", i, len(cells), name, "kept with stale " + ", ".join(plan.stale)
-                             if plan.stale else "up to date, skipped")
-                    if plan.stale:
-                        write_json(result_path, {**plan.previous, "stale": plan.stale})
+            with claimed(self.out / "cells" / name / ".lock") as mine:
+                if not mine:  # another process sharing this --out (an overlapping --only) runs it now
+                    log.info("[%d/%d] %s: being run by another process, left to it", i, len(cells), name)
+                    statuses[name] = "busy"
                     continue
-                log.info("[%d/%d] %s: %s", i, len(cells), name, plan_line(plan))
-                result = self.run_cell(cell, plan)
-                result.update(status="ok", seconds=round(time.time() - start, 1))
-                statuses[name] = "ok" if "train" in plan.run or plan.previous is None else "updated"
-            except (RobustDMLError, RuntimeError, ValueError, OSError) as e:
-                log.error("%s failed: %s", name, e)
-                result = {"cell": cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                          "traceback": traceback.format_exc(limit=5), "seconds": round(time.time() - start, 1)}
-                statuses[name] = "failed"
-            write_json(result_path, result)
-            if result["status"] == "ok":
-                discard(self.out / "cells" / name / ATTACK_PARTIAL)
+                statuses[name] = self._run_one(cell, i, len(cells))
         return statuses
+
+    def _run_one(self, cell: dict, i: int, n: int) -> str:
+        """Plan and run one cell (its lock held); its status."""
+        name = cell_name(cell)
+        result_path = self.out / "cells" / name / "result.json"
+        start = time.time()
+        try:
+            plan = self.plan(cell, read_finished(result_path))  # read under the lock: another process may have finished it
+            if not plan.run:
+                log.info("[%d/%d] %s: %s", i, n, name, "kept with stale " + ", ".join(plan.stale)
+                         if plan.stale else "up to date, skipped")
+                if plan.stale:
+                    write_json(result_path, {**plan.previous, "stale": plan.stale})
+                return "stale" if plan.stale else "skipped"
+            log.info("[%d/%d] %s: %s", i, n, name, plan_line(plan))
+            result = self.run_cell(cell, plan)
+            result.update(status="ok", seconds=round(time.time() - start, 1))
+            status = "ok" if "train" in plan.run or plan.previous is None else "updated"
+        except (RobustDMLError, RuntimeError, ValueError, OSError) as e:
+            log.error("%s failed: %s", name, e)
+            result = {"cell": cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc(limit=5), "seconds": round(time.time() - start, 1)}
+            status = "failed"
+        write_json(result_path, result)
+        if result["status"] == "ok":
+            discard(self.out / "cells" / name / ATTACK_PARTIAL)
+        return status
 
     # --- settings of each part ---------------------------------------------------------------------
     def part_settings(self, cell: dict) -> dict[str, dict]:

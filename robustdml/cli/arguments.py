@@ -118,7 +118,7 @@ def _args_benchmark(p: argparse.ArgumentParser) -> None:
                    help="dataset folder, e.g. cub=/data/CUB_200_2011 (repeatable); a bare PATH for a grid of one dataset")
     p.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="run only the cells with this grid value (repeatable; values of one key are alternatives), "
-                        "e.g. --only method=eat --only seed=0; several such processes can share one --out")
+                        "e.g. --only method=eat --only seed=0; several such processes can share one --out (each cell is run by one of them, the others pass over it)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, as for train: attack.steps=5 train.epochs=2 grid.seed=[0,1]")
     p.add_argument("--reuse-stale", action="store_true",

@@ -226,10 +226,12 @@ def _cmd_benchmark(args) -> int:
     md, html_path = build_report(out)
     print(print_tables(out))
     failed = [n for n, s in statuses.items() if s == "failed"]
-    count = {k: sum(s == k for s in statuses.values()) for k in ("ok", "updated", "skipped", "stale")}
+    count = {k: sum(s == k for s in statuses.values()) for k in ("ok", "updated", "skipped", "stale", "busy")}
     print(f"\n{len(statuses)} cells: {count['ok']} trained and evaluated, {count['updated']} re-evaluated (training "
           f"reused), {count['skipped']} up to date, "
           + (f"{count['stale']} kept stale (--reuse-stale), " if count["stale"] else "")
+          + (f"{count['busy']} left to another process running them (the report has what was finished), "
+             if count["busy"] else "")
           + f"{len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
     print(f"report: {html_path} (and {md})")
     return 1 if failed else 0

@@ -208,3 +208,20 @@ def test_every_shipped_benchmark_config_loads_and_validates(path):
     assert cells and all(cfg.train_config(cell).validate() for cell in cells)
     if cfg.certify:
         assert cfg.smoothing().sigma > 0 and cfg.certify_radii()
+
+
+def test_a_cell_another_process_runs_is_left_to_it(tmp_path):
+    # two benchmark processes with overlapping --only sets share one --out: a cell is run by one of them
+    import fcntl
+    cfg = load_benchmark_config(tiny_config(tmp_path))
+    out = tmp_path / "out"
+    lock = out / "cells" / "digits-small-cnn-standard-s0" / ".lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:  # a lock on its own open file, as another process would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        statuses = Benchmark(cfg, out, progress=False).run()
+    assert statuses == {"digits-small-cnn-standard-s0": "busy", "digits-small-cnn-mixup-s0": "ok"}
+    assert not (lock.parent / "run").exists() and not (lock.parent / "result.json").exists()
+    # once it is free the cell is run, and a finished one found under its lock is not run again
+    assert Benchmark(cfg, out, progress=False).run()["digits-small-cnn-standard-s0"] == "ok"
+    assert set(Benchmark(cfg, out, progress=False).run().values()) == {"skipped"}
