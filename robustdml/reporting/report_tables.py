@@ -105,7 +105,7 @@ def _ranking_md(group: dict, dataset: str = "") -> str:
     per_epoch = {m: [r["seconds_per_epoch"] for r in runs if "seconds_per_epoch" in r] for m, runs in group["runs"].items()}
     first = next(iter(rows.values()))[0]
     lines = [f"RobRank's ranking attacks (profile {first['profile']}, {first['queries']} queries; ERS higher is "
-             f"more robust), mean ± std over seeds:\n",
+             f"more robust), mean ± std over seeds where there are several:\n",
              "| method | seeds | R@1 | NMI | ERS | " + " | ".join(COLUMNS) + " | s / epoch |",
              "|---|---|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for method, found in rows.items():
@@ -113,7 +113,8 @@ def _ranking_md(group: dict, dataset: str = "") -> str:
                   mean_std([f["ers"] if f["ers"] is not None else float("nan") for f in found])]
                  + [mean_std([f["columns"][c] for f in found]) for c in COLUMNS])
         seconds = f"{np.mean(per_epoch[method]):.0f}" if per_epoch.get(method) else ""
-        lines.append(f"| {method} | {len(found)} | " + " | ".join(f"{m:.3g} ± {s:.2g}" for m, s in cells) + f" | {seconds} |")
+        shown = [f"{m:.3g} ± {s:.2g}" if len(found) > 1 else f"{m:.3g}" for m, s in cells]  # one seed: no spread
+        lines.append(f"| {method} | {len(found)} | " + " | ".join(shown) + f" | {seconds} |")
     if dataset == "fashion" and first["profile"] == "rob28":
         for method, row in PUBLISHED_FASHION.items():
             values = [row["recall@1"], row["nmi"], ers(dict(zip(COLUMNS, row["columns"]))), *row["columns"]]

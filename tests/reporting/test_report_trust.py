@@ -67,3 +67,24 @@ def test_report_names_the_suite_marks_upper_bounds_and_moves(tmp_path):
     assert "docs/design.md" not in page and "src=\"data:image/png;base64," in page
     printed = print_tables(out)
     assert "0.412†" in printed and suite_line in printed and "lowered the worst nmi by 0.0480" in printed
+
+
+def test_ranking_table_gives_no_spread_for_one_seed_and_one_for_two(tmp_path):
+    from robustdml.attacks.ranking import ERS_COLUMNS
+    out = tmp_path / "bench"
+    for method, seeds in (("est", [0]), ("act", [0, 1])):
+        for seed in seeds:
+            cell = _cell(method, seed, 0.4, 0.0)
+            cell["cell"]["dataset"] = "fashion"
+            cell["robrank"] = {"profile": "rob28", "queries": 1000, "seed": seed, "ers": 60.0 + seed,
+                               "columns": {c: 1.0 + seed for c in ERS_COLUMNS},
+                               "clean": {"recall@1": 0.78, "robrank_nmi": 0.66}}
+            path = out / "cells" / f"fashion-c2f2-{method}-s{seed}" / "result.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(cell))
+    md, _ = build_report(out)
+    lines = md.read_text().splitlines()
+    est = next(line for line in lines if line.startswith("| est | 1 | 0.78 |"))
+    act = next(line for line in lines if line.startswith("| act | 2 | 0.78 ± 0 |"))
+    assert "±" not in est and "| 60 |" in est
+    assert "| 60.5 ± 0.71 |" in act
