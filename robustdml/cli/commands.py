@@ -13,11 +13,9 @@ log = logging.getLogger("robustdml")
 
 def _cmd_train(args) -> int:
     from ..engine import train
-    from ..engine.provenance import git_commit
     from ..reporting import metrics_table
     from .config import load_train_config
 
-    git_commit()  # the commit of the code this process loaded, read now: not whatever is checked out at the end
     if args.config is None and not args.resume:
         raise RobustDMLError("train needs --config FILE (e.g. configs/digits.yaml)")
     # a resumed run continues with the configuration it saved, unless another is given
@@ -257,10 +255,8 @@ def _load_for_evaluation(args):
     """The model of ``evaluate``/``attack``/``certify`` on its device, and the data-loading processes."""
     from ..data import dataset_spec
     from ..engine.devices import default_workers, resolve_device
-    from ..engine.provenance import git_commit
     from ..models import load_model
 
-    git_commit()  # the commit of the code this process loaded, read now: not whatever is checked out at the end
     dataset_spec(args.dataset)
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else default_workers(device)

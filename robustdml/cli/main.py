@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     _one_line_warnings()
     try:
+        from ..engine.provenance import git_commit
+        git_commit()  # the commit of the code this process loaded, read now: not whatever is checked out when it ends
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # under torchrun: every rank leaves together, the group closed
             from ..engine.distributed import finish_distributed

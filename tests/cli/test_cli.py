@@ -26,6 +26,13 @@ def test_data_info_fixture(fixture_dataset, capsys):
     assert all({"images", "classes", "label_min", "label_max"} <= set(v) for v in info.values())
 
 
+def test_every_command_reads_the_commit_when_it_starts(capsys):
+    # a long run records the code it loaded, not the checkout when it ends
+    git_commit.cache_clear()
+    assert main(["data", "info", "--dataset", "digits"]) == 0
+    assert git_commit.cache_info().currsize == 1
+
+
 def test_train_then_evaluate_writes_float_json(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", "configs/digits.yaml", "--out", str(run), "-q", *FAST]) == 0
