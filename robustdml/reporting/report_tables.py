@@ -172,9 +172,14 @@ CHECKS_HEADING = "What each check asks"
 CHECKS_LINK = f"[what each check asks](#{CHECKS_HEADING.lower().replace(' ', '-')})"
 
 
+def _setting(value) -> str:
+    """A setting as a person reads it: a string bare, anything else (numbers, lists, dicts) as JSON."""
+    return f"`{value if isinstance(value, str) else json.dumps(value)}`"
+
+
 def _key_value_md(rows: dict, head: tuple[str, str] = ("key", "value")) -> str:
     lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
-    lines += [f"| {k} | `{json.dumps(v) if not isinstance(v, str) else v}` |" for k, v in rows.items()]
+    lines += [f"| {k} | {_setting(v)} |" for k, v in rows.items()]
     return "\n".join(lines)
 
 
@@ -191,6 +196,6 @@ def _configs_md(ok: list[dict]) -> str:
     if differing:
         parts += ["Per cell, the settings that differ:\n",
                   "| cell | " + " | ".join(differing) + " |", "|---|" + "---|" * len(differing)]
-        parts += [f"| {name} | " + " | ".join(f"`{json.dumps(cfg.get(k))}`" for k in differing) + " |"
+        parts += [f"| {name} | " + " | ".join(_setting(cfg.get(k)) for k in differing) + " |"
                   for name, cfg in configs.items()]
     return "\n".join(parts) + "\n"

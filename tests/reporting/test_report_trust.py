@@ -53,6 +53,7 @@ def test_report_names_the_suite_marks_upper_bounds_and_moves(tmp_path):
     assert "`converged`" in note and "lowered the worst nmi by 0.0480 > 0.02" in note and "--steps 200" in note
     assert "| package | version |" in text and "| setting | value |" in text
     assert json.dumps(_cell("pgd-at", 0, 0.412, 0.048)["config"]) not in text  # no raw one-line JSON
+    assert "| digits-small-cnn-pgd-at-0 | `pgd-at` |" in text  # a string setting reads bare, not JSON-quoted
     page = html.read_text()
     assert suite_line in page and "0.412†" in page
     # every link resolves inside the page itself, so a copy elsewhere keeps working
