@@ -18,6 +18,7 @@ the K-step ones on the same batches, and ``F2<method> <fast epoch / K-step epoch
 for each, the moment it is measured:
 
     python bench/method_cost.py --fast --methods est act --batches 3 --warmup 1
+    python bench/method_cost.py --fast --fast-steps 2 --methods act    # two carried steps per visit
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ def method_kwargs(method: str, steps: int, batched: str = "auto") -> dict:
     return {"members": 3, "steps": steps, "step_size": STEP_3_255, "batched": batched}
 
 
-def fast_kwargs(method: str, batched: str = "auto") -> dict:
-    """The fast training adversary of configs/benchmark-fashion-cpu-fast.yaml."""
+def fast_kwargs(method: str, batched: str = "auto", steps: int | None = None) -> dict:
+    """The fast training adversary of configs/benchmark-fashion-cpu-fast.yaml; ``steps`` replaces its
+    carried steps per visit (the same step size)."""
     kwargs = dict(read_yaml(FAST)["method_kwargs"].get(method, {}))
+    if steps is not None:
+        kwargs["steps"] = steps
     return {**kwargs, "batched": batched} if method == "eat" else kwargs
 
 
@@ -86,7 +90,8 @@ def measure(method: str, args, tmp: str) -> dict:
     the two trainers' steps alternated on the same batches so that drift hits both."""
     trainers = {"full": trainer_for(method, method_kwargs(method, args.steps, args.eat_batched), args, f"{tmp}/{method}")}
     if args.fast and method != "standard":
-        trainers["fast"] = trainer_for(method, fast_kwargs(method, args.eat_batched), args, f"{tmp}/{method}-fast")
+        trainers["fast"] = trainer_for(method, fast_kwargs(method, args.eat_batched, args.fast_steps), args,
+                                       f"{tmp}/{method}-fast")
     batches = list(itertools.islice(iter(trainers["full"].loader), args.warmup + args.batches))
     device = trainers["full"].device
     for images, labels, index in batches[: args.warmup]:
@@ -99,7 +104,8 @@ def measure(method: str, args, tmp: str) -> dict:
             seconds[name].append(timed(lambda t=trainer, b=b: t.train_step(*b), device))
     result = epoch_of(seconds["full"], trainers["full"])
     if "fast" in trainers:
-        result["fast"] = {**epoch_of(seconds["fast"], trainers["fast"]), "method_kwargs": fast_kwargs(method)}
+        result["fast"] = {**epoch_of(seconds["fast"], trainers["fast"]),
+                          "method_kwargs": fast_kwargs(method, steps=args.fast_steps)}
         # both epochs have the loader's steps: the ratio of the median steps, unrounded
         result["F2"] = round(statistics.median(seconds["fast"]) / statistics.median(seconds["full"]), 3)
     return result
@@ -118,6 +124,7 @@ def main() -> int:
                    help="EAT's members in the attack: batched (vmap), a loop, or auto (batched on CUDA)")
     p.add_argument("--fast", action="store_true",
                    help="also time each defence with the fast adversary of configs/benchmark-fashion-cpu-fast.yaml (F2)")
+    p.add_argument("--fast-steps", type=int, help="with --fast: carried steps per visit instead of the config's (1)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -128,7 +135,8 @@ def main() -> int:
             row = results[method]
             print(f"{method:9s} step {row['step_s']:.4f} s   epoch {row['epoch_s'] / 60:6.2f} min", flush=True)
             if "F2" in row:
-                print(f"F2{method} {row['F2']:.2f} {F2_TARGET:.2f}      # fast epoch {row['fast']['epoch_s'] / 60:.2f} min, "
+                print(f"F2{method} {row['F2']:.2f} {F2_TARGET:.2f}      # {row['fast']['method_kwargs']['steps']} carried "
+                      f"step(s): fast epoch {row['fast']['epoch_s'] / 60:.2f} min, "
                       f"{args.steps}-step {row['epoch_s'] / 60:.2f} min", flush=True)
     base = results.get("standard", {}).get("epoch_s")
     for row in results.values():
