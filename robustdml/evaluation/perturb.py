@@ -28,11 +28,12 @@ def perturb_pool(session: "EvaluationSession", attack: Attack, desc: str, sample
     """:meth:`EvaluationSession.attack`: (adversarial embeddings, first images, traced embeddings)."""
     targets = session.plan(attack)
     parts: dict[int, Part] = {}
-    with _counting(session), _tracing(attack), _layout(session):
+    crafted_on = session.attack_model
+    with _counting(session, crafted_on), _tracing(attack), _layout(session, crafted_on):
         for number, (images, labels, index) in _shard_batches(session, saved, parts, desc):
             part = parts[number] = {}
             attack.trace = _tracer(victim, images, part, trace_at) if trace_at else None
-            x_adv = attack(session.model, images, session.context(labels, index, targets))
+            x_adv = attack(crafted_on, images, session.context(labels, index, targets))
             with torch.no_grad():
                 part["emb"] = victim(x_adv).float().cpu()
             if number == 0 and samples:
@@ -92,17 +93,17 @@ def _hooked(model: nn.Module, **hooks):
             handle.remove()
 
 
-def _counting(session: "EvaluationSession"):
-    """Count the images passed through the model in ``session.forwards`` (an ensemble: through its
+def _counting(session: "EvaluationSession", model: nn.Module):
+    """Count the images passed through ``model`` in ``session.forwards`` (an ensemble: through its
     members, divided by their number)."""
-    members = len(_networks(session.model))
+    members = len(_networks(model))
 
     def count(module, inputs, output) -> None:
         session.count_forwards(len(inputs[0]) / members)
-    return _hooked(session.model, forward=count)
+    return _hooked(model, forward=count)
 
 
-def _layout(session: "EvaluationSession"):
+def _layout(session: "EvaluationSession", model: nn.Module):
     """Every image batch into the networks in channels-last layout where the session asks for it
     (``EvalSettings.layout``): a copy per pass, differentiable, so the attack's own tensors keep
     whatever layout they have."""
@@ -112,7 +113,7 @@ def _layout(session: "EvaluationSession"):
     def to_channels_last(module, inputs):
         x = inputs[0]
         return (x.to(memory_format=torch.channels_last), *inputs[1:]) if x.dim() == 4 else None
-    return _hooked(session.model, forward_pre=to_channels_last)
+    return _hooked(model, forward_pre=to_channels_last)
 
 
 @contextmanager

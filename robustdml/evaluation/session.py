@@ -35,6 +35,7 @@ from ..attacks.base import CleanPool
 from ..data import IndexedDataset
 from ..errors import ConfigError
 from ..models import EmbeddingNet, EnsembleNet
+from ..models.fused import attack_copy
 from .embed import embed
 from .metrics import cluster_scores, kmeans, retrieval_metrics
 from .perturb import perturb_pool
@@ -63,7 +64,8 @@ class EvalSettings:
             ``"as-given"``, or ``"auto"`` (default): channels-last for robustdml's own models on a
             CPU, where their convolutions, pooling and gradients run about 1.3x faster (bench P6;
             the same arithmetic, summed in another order: the last bits differ), as given elsewhere
-            (a model of one's own may ``view`` its input, which needs the layout it came in).
+            (a model of one's own may ``view`` its input, which needs the layout it came in). With
+            channels-last, the attacks run on :attr:`EvaluationSession.attack_model`.
     """
 
     seed: int = 0
@@ -144,6 +146,17 @@ class EvaluationSession:
             return self.settings.layout
         own = isinstance(self.model, (EmbeddingNet, EnsembleNet))
         return "channels-last" if own and self.device.type == "cpu" else "as-given"
+
+    @property
+    def attack_model(self) -> nn.Module:
+        """The model the attacks differentiate through: with the channels-last layout, robustdml's own
+        models as :func:`~robustdml.models.fused.attack_copy` gives them (BatchNorm folded, weights
+        channels-last: the same function, faster), else the model itself. The embeddings every figure
+        is computed from come from the model itself."""
+        own = isinstance(self.model, (EmbeddingNet, EnsembleNet))
+        if not own or self.attack_layout != "channels-last":
+            return self.model
+        return self._cached("attack_model", lambda: attack_copy(self.model))
 
     # --- the clean state, each computed once --------------------------------------------------------
     @property
