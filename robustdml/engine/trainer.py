@@ -148,7 +148,7 @@ class Trainer(Validation, RunFiles):
         self.criterion = self.method.build_criterion(lambda: create_loss(
             cfg.loss, self.train_set.num_classes, cfg.embedding_dim, **cfg.loss_kwargs)).to(self.device)
         self.method.setup(TrainingSetup(num_samples=len(self.train_set), seed=cfg.seed, threat=self.threat))
-        if self.cuda and cfg.channels_last:
+        if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the loss sees the global batch when several processes train together
         self.loss_fn = distributed_criterion(self.criterion) if self.world > 1 else self.criterion
@@ -216,7 +216,7 @@ class Trainer(Validation, RunFiles):
         if cfg.noise_sigma > 0:
             # smoothing-aware training: Gaussian noise as the smoothed model will see it (not clamped)
             images = images + cfg.noise_sigma * torch.randn_like(images)
-        if self.cuda and cfg.channels_last:
+        if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
             loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
