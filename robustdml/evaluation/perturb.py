@@ -29,7 +29,7 @@ def perturb_pool(session: "EvaluationSession", attack: Attack, desc: str, sample
     targets = session.plan(attack)
     parts: dict[int, Part] = {}
     crafted_on = session.attack_model
-    with _counting(session, crafted_on), _tracing(attack), _layout(session, crafted_on):
+    with _counting(session, crafted_on), _tracing(attack), channels_last_inputs(session, crafted_on):
         for number, (images, labels, index) in _shard_batches(session, saved, parts, desc):
             part = parts[number] = {}
             attack.trace = _tracer(victim, images, part, trace_at) if trace_at else None
@@ -103,7 +103,7 @@ def _counting(session: "EvaluationSession", model: nn.Module):
     return _hooked(model, forward=count)
 
 
-def _layout(session: "EvaluationSession", model: nn.Module):
+def channels_last_inputs(session: "EvaluationSession", model: nn.Module):
     """Every image batch into the networks in channels-last layout where the session asks for it
     (``EvalSettings.layout``): a copy per pass, differentiable, so the attack's own tensors keep
     whatever layout they have."""

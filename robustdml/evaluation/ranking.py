@@ -26,6 +26,7 @@ from ..models.modes import eval_mode
 from ..registry import check_options
 from .checks import es_start_check
 from .metrics import kmeans, nmi
+from .perturb import channels_last_inputs
 from .results import schema
 from .session import EvalSettings, EvaluationSession
 
@@ -184,20 +185,23 @@ class _RankingRun:
                                step_size=self.settings["step_size"], **options)
         targets = attack.plan(self.pool)
         done = 0
-        for images, labels, index in s.batches(self.chosen, self.batch_size, desc=f"{self.profile} {label or name}"):
-            local = torch.arange(done, done + len(index))
-            done += len(index)
-            context = AttackContext(labels=labels, gallery=s.reference, gallery_labels=s.reference_labels,
-                                    self_index=s.self_index(index), targets=None if targets is None else targets[local])
-            x_adv = attack(s.model, images, context)
-            with torch.no_grad():
-                adversarial = s.model(x_adv).float().cpu()
-            clean_emb = s.clean_emb[index]
-            for column, values in attack.score(adversarial, clean_emb, context).items():
-                into[column] += float(values.sum())
-            if with_clean:
-                for column, values in attack.score(clean_emb, clean_emb, context).items():
-                    self.clean_sums[column] += float(values.sum())
+        crafted_on = s.attack_model  # as the suite's attacks: the faster copy; the model embeds the result
+        with channels_last_inputs(s, crafted_on):
+            for images, labels, index in s.batches(self.chosen, self.batch_size, desc=f"{self.profile} {label or name}"):
+                local = torch.arange(done, done + len(index))
+                done += len(index)
+                context = AttackContext(labels=labels, gallery=s.reference, gallery_labels=s.reference_labels,
+                                        self_index=s.self_index(index),
+                                        targets=None if targets is None else targets[local])
+                x_adv = attack(crafted_on, images, context)
+                with torch.no_grad():
+                    adversarial = s.model(x_adv).float().cpu()
+                clean_emb = s.clean_emb[index]
+                for column, values in attack.score(adversarial, clean_emb, context).items():
+                    into[column] += float(values.sum())
+                if with_clean:
+                    for column, values in attack.score(clean_emb, clean_emb, context).items():
+                        self.clean_sums[column] += float(values.sum())
         return into
 
 

@@ -101,3 +101,22 @@ def test_sessions_attack_the_copy_and_compute_figures_from_the_model():
     assert sum(len(x) for x in embedded) == len(data) and torch.equal(embedded[0][:4], adv)
     assert (adv - clean).abs().max() <= 0.1 + 1e-6 and float(1 - (emb * session.clean_emb).sum(1).mean()) > 1e-3
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_robranks_attacks_craft_on_the_copy_and_the_model_embeds_what_they_made():
+    from robustdml.evaluation.ranking import evaluate_ranking
+    query, _ = evaluation_sets("digits", None)
+    data = Subset(query, list(range(0, len(query), 8)))
+    model = _ensemble().eval()
+    session = EvaluationSession(model, data, settings=EvalSettings(kmeans_restarts=1))
+    session.clean_emb
+    crafted, embedded = [], []
+    session.attack_model.register_forward_hook(lambda module, inputs, output: crafted.append(len(inputs[0])))
+    model.register_forward_hook(lambda module, inputs, output: embedded.append(len(inputs[0])))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = evaluate_ranking(model, profile="rob28", queries=20, attacks=["es"], check_es_start=False,
+                              session=session)
+    assert sum(crafted) >= 32 * 20  # RobRank's 32 steps, every one on the copy
+    assert sum(embedded) == 20  # the model embedded each query's adversarial image once
+    assert result.columns["ES:D"] > result.clean_columns["ES:D"] + 1e-3  # the images it made moved the embeddings
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
