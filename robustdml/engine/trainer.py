@@ -50,8 +50,9 @@ SYNC_EVERY = 20
 
 
 # Bumped when a code change alters what the same config trains, so that a benchmark retrains cells
-# made before it. 2: robust validation no longer writes test statistics into the model.
-TRAINING_REVISION = 2
+# made before it. 2: robust validation no longer writes test statistics into the model. 3: AdamW's
+# fused kernel (the same update, rounded differently).
+TRAINING_REVISION = 3
 
 # What a run directory holds once a run has written into it: a new run there is refused (--resume continues it).
 RUN_OUTPUTS = ("checkpoint.pt", "best", "last", "metrics.json", "attack", "certify")
@@ -69,6 +70,13 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "main"}
+
+
+def adamw(params, device: torch.device, **options) -> torch.optim.AdamW:
+    """AdamW, with PyTorch's fused kernel on the devices that have one (the CPU and CUDA): the same
+    update in one pass over each parameter instead of a dozen elementwise ones. A three-member C2F2
+    ensemble's step takes a fifth of the time on one CPU thread (``bench/training_speed.py``, T5)."""
+    return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **options)
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +174,7 @@ class Trainer(Validation, RunFiles):
         if loss_params:
             groups.append({"params": loss_params, "lr": cfg.lr * cfg.proxy_lr_mult})
         groups += self.method.param_groups(cfg.lr)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(groups, self.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
 
     def trained_on(self) -> dict:

@@ -7,7 +7,7 @@ import torch
 
 from robustdml.engine import Trainer, config_from_dict
 from robustdml.engine.devices import default_workers, resolve_device
-from robustdml.engine.trainer import lr_factor
+from robustdml.engine.trainer import adamw, lr_factor
 from robustdml.errors import ConfigError
 
 
@@ -32,6 +32,28 @@ def test_optimizer_follows_the_schedule_and_proxies_keep_their_multiplier(tmp_pa
         trainer.scheduler.step()
     assert [r[0] for r in rates] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     assert [r[-1] for r in rates] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # the proxies' group
+
+
+def test_the_trainers_adamw_is_the_fused_kernel_with_the_default_update(tmp_path):
+    cfg = config_from_dict({"epochs": 1, "embedding_dim": 8, "batch_size": 64, "robust_eval": False})
+    assert all(g["fused"] for g in Trainer(cfg, tmp_path / "run", progress=False).optimizer.param_groups)
+    torch.manual_seed(0)
+    start = [torch.randn(300, 7), torch.randn(5)]
+    ours = [p.clone().requires_grad_(True) for p in start]
+    theirs = [p.clone().requires_grad_(True) for p in start]
+    fused = adamw([{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": 1e-1}], torch.device("cpu"),
+                  lr=1e-2, weight_decay=1e-2)
+    plain = torch.optim.AdamW([{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": 1e-1}],
+                              lr=1e-2, weight_decay=1e-2)
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in start]
+        for params, optimizer in ((ours, fused), (theirs, plain)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b, s in zip(ours, theirs, start):
+        assert (a - s).abs().max() > 1e-3  # they moved
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)  # by the same update
 
 
 def test_device_resolver():
