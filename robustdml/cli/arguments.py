@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .commands import (_cmd_attack, _cmd_benchmark, _cmd_certify, _cmd_data_info, _cmd_evaluate, _cmd_report,
-                       _cmd_train)
+from .commands import (_cmd_attack, _cmd_benchmark, _cmd_certify, _cmd_converged, _cmd_data_info, _cmd_evaluate,
+                       _cmd_report, _cmd_train)
 
 
 def _commands():
@@ -40,6 +40,12 @@ def _commands():
             help="rebuild a benchmark's report from its JSON files",
             description="Rebuild report.md and report.html of a benchmark folder from its cells' result files "
                         "(nothing is trained or attacked).")),
+        ("converged", _args_converged, dict(
+            help="the epoch training runs stopped improving at, from their log.csv",
+            description="For each training run, the first evaluated epoch after which none of the metrics "
+                        "(clean and robust validation NMI by default), each a trailing mean of WINDOW "
+                        "evaluations, rises by more than TOL above its best so far; then the epoch count "
+                        "for a grid (the latest of the runs'), and a plot of the curves.")),
         ("data", _args_data, dict(
             help="dataset utilities",
             description="Dataset utilities: `data info` prints the images, classes and label range of every split.")),
@@ -130,6 +136,16 @@ def _args_benchmark(p: argparse.ArgumentParser) -> None:
 def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="benchmark output folder")
     p.set_defaults(func=_cmd_report)
+
+
+def _args_converged(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders (or their log.csv)")
+    p.add_argument("--metrics", nargs="+", default=["nmi", "robust_nmi"], help="log.csv columns (default: %(default)s)")
+    p.add_argument("--tol", type=float, default=0.01, help="a rise this small does not count (default: %(default)s)")
+    p.add_argument("--window", type=int, default=3, help="evaluations in the trailing mean (default: %(default)s)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="where the plot goes (default: plateau.png in the "
+                                                                 "first run's folder)")
+    p.set_defaults(func=_cmd_converged)
 
 
 def _args_data(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,9 @@ the run has converged at the first evaluated epoch after which no later smoothed
 the metrics exceeds the best smoothed value so far by more than ``tol``.
 
 >>> plateau_epoch("runs/zs-epochs/pgd-at")   # its log.csv; clean and robust validation NMI by default
+
+``robustdml converged RUN...`` prints it for each run, the epoch count the runs agree on, and plots
+the curves with each plateau marked.
 """
 
 from __future__ import annotations
@@ -33,15 +36,49 @@ def plateau_epoch(run, metrics: tuple[str, ...] = ("nmi", "robust_nmi"), tol: fl
     by more than ``tol`` above its best so far; None where the last evaluation still does (the run
     was too short to tell). ``run``: a run folder, its ``log.csv``, or rows as :func:`validation_rows`
     gives them."""
+    if tol < 0:
+        raise ConfigError(f"tol must be at least 0, got {tol}")
+    rows, smoothed = smoothed_curves(run, metrics, window)
+    for i, row in enumerate(rows[:-1]):
+        if all(max(smoothed[m][i + 1:]) <= max(smoothed[m][:i + 1]) + tol for m in metrics):
+            return int(row["epoch"])
+    return None
+
+
+def smoothed_curves(run, metrics: tuple[str, ...] = ("nmi", "robust_nmi"),
+                    window: int = 3) -> tuple[list[dict[str, float]], dict[str, list[float]]]:
+    """The evaluated rows that have every metric, and each metric's trailing mean over ``window``
+    evaluations, row by row (``run`` as for :func:`plateau_epoch`)."""
     rows = validation_rows(run) if isinstance(run, (str, Path)) else list(run)
-    if window < 1 or tol < 0:
-        raise ConfigError(f"window must be at least 1 and tol at least 0, got {window} and {tol}")
+    if window < 1:
+        raise ConfigError(f"window must be at least 1, got {window}")
     rows = [r for r in rows if all(m in r for m in metrics)]
     if not rows:
         raise ConfigError(f"no evaluated epoch has all of {', '.join(metrics)}")
     smoothed = {m: [sum(r[m] for r in rows[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
                     for i in range(len(rows))] for m in metrics}
-    for i, row in enumerate(rows[:-1]):
-        if all(max(smoothed[m][i + 1:]) <= max(smoothed[m][:i + 1]) + tol for m in metrics):
-            return int(row["epoch"])
-    return None
+    return rows, smoothed
+
+
+def plot_plateaus(runs: dict[str, str | Path], path, metrics: tuple[str, ...] = ("nmi", "robust_nmi"),
+                  tol: float = 0.01, window: int = 3) -> Path:
+    """One panel per metric: each run's validation (dots) and its trailing mean (line), its plateau
+    epoch a dashed vertical line."""
+    from .plots import _save, plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for label, run in runs.items():
+        rows, smoothed = smoothed_curves(run, metrics, window)
+        epoch = plateau_epoch(rows, metrics, tol, window)
+        epochs = [r["epoch"] for r in rows]
+        for ax, m in zip(axes[0], metrics):
+            (line,) = ax.plot(epochs, smoothed[m], label=f"{label} (plateau: {epoch or 'not yet'})")
+            ax.plot(epochs, [r[m] for r in rows], "o", ms=3, alpha=0.4, color=line.get_color())
+            if epoch is not None:
+                ax.axvline(epoch, ls="--", lw=1, color=line.get_color())
+    for ax, m in zip(axes[0], metrics):
+        ax.set_title(f"{m} (trailing mean of {window})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -7,6 +7,7 @@ from robustdml.reporting.convergence import plateau_epoch, validation_rows
 
 
 def _log(tmp_path, nmi, robust):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     lines = ["epoch,loss,nmi,robust_nmi"] + [f"{e},1.0,{a},{b}" for e, (a, b) in enumerate(zip(nmi, robust), 1)]
     (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
     return tmp_path
@@ -40,3 +41,22 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         plateau_epoch([{"epoch": 1.0, "nmi": 0.5}])
     with pytest.raises(ConfigError, match="window"):
         plateau_epoch([{"epoch": 1.0, "nmi": 0.5, "robust_nmi": 0.1}], window=0)
+
+
+def test_the_converged_command_prints_each_plateau_the_grids_epochs_and_a_plot(tmp_path):
+    from clirun import run_main
+    flat = [0.5] * 10
+    early = _log(tmp_path / "a", flat, [0.10, 0.20, 0.30] + [0.30] * 7)
+    late = _log(tmp_path / "b", flat, [0.05 * e for e in range(1, 7)] + [0.30] * 4)
+    rising = _log(tmp_path / "c", flat, [0.1 * e for e in range(1, 11)])
+    proc = run_main("converged", str(early), str(late), "--window", "1", "--plot", str(tmp_path / "p.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{early}: plateau at epoch 3 of 10, 7 evaluations after it" in proc.stdout
+    assert f"{late}: plateau at epoch 6 of 10" in proc.stdout
+    assert "epochs for a grid of these: 6" in proc.stdout
+    assert (tmp_path / "p.png").stat().st_size > 0
+    proc = run_main("converged", str(rising), str(early))
+    assert proc.returncode == 0 and "still improving at its last evaluated epoch (10)" in proc.stdout
+    assert "epochs for a grid" not in proc.stdout and (rising / "plateau.png").is_file()
+    proc = run_main("converged", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "log.csv" in proc.stderr and "Traceback" not in proc.stderr
