@@ -246,26 +246,28 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_converged(args) -> int:
-    from ..reporting.convergence import plateau_epoch, plot_plateaus, smoothed_curves
+    from ..reporting.convergence import plateau_index, smoothed_curves
+    from ..reporting.plots import plot_plateaus
     metrics = tuple(args.metrics)
-    plateaus = {}
+    curves = {}
     for run in args.runs:
         rows, smoothed = smoothed_curves(run, metrics, args.window)
-        epoch = plateaus[run] = plateau_epoch(rows, metrics, args.tol, args.window)
-        last = int(rows[-1]["epoch"])
-        if epoch is None:
+        i = plateau_index(smoothed, args.tol)
+        epoch, last = (None if i is None else int(rows[i]["epoch"])), int(rows[-1]["epoch"])
+        curves[run] = (rows, smoothed, epoch)
+        if i is None:
             print(f"{run}: still improving at its last evaluated epoch ({last}); train it longer to tell")
         else:
-            at = rows[[int(r["epoch"]) for r in rows].index(epoch)]
-            figures = ", ".join(f"{m} {smoothed[m][rows.index(at)]:.4f}" for m in metrics)
-            after = len(rows) - 1 - rows.index(at)
+            figures = ", ".join(f"{m} {smoothed[m][i]:.4f}" for m in metrics)
+            after = len(rows) - 1 - i
             print(f"{run}: plateau at epoch {epoch} of {last}, {after} evaluation{'s' * (after != 1)} after it "
                   f"(smoothed there: {figures})")
     first = Path(args.runs[0])
     plot = Path(args.plot) if args.plot else (first if first.is_dir() else first.parent) / "plateau.png"
-    plot_plateaus({run: run for run in args.runs}, plot, metrics, args.tol, args.window)
-    if all(e is not None for e in plateaus.values()):
-        print(f"epochs for a grid of these: {max(plateaus.values())}")
+    plot_plateaus(curves, plot, args.window)
+    plateaus = [epoch for _, _, epoch in curves.values()]
+    if all(e is not None for e in plateaus):
+        print(f"epochs for a grid of these: {max(plateaus)}")
     print(f"plot: {plot}")
     return 0
 

@@ -36,12 +36,19 @@ def plateau_epoch(run, metrics: tuple[str, ...] = ("nmi", "robust_nmi"), tol: fl
     by more than ``tol`` above its best so far; None where the last evaluation still does (the run
     was too short to tell). ``run``: a run folder, its ``log.csv``, or rows as :func:`validation_rows`
     gives them."""
+    rows, smoothed = smoothed_curves(run, metrics, window)
+    i = plateau_index(smoothed, tol)
+    return None if i is None else int(rows[i]["epoch"])
+
+
+def plateau_index(smoothed: dict[str, list[float]], tol: float = 0.01) -> int | None:
+    """:func:`plateau_epoch` on curves :func:`smoothed_curves` gives: the index of the row, or None."""
     if tol < 0:
         raise ConfigError(f"tol must be at least 0, got {tol}")
-    rows, smoothed = smoothed_curves(run, metrics, window)
-    for i, row in enumerate(rows[:-1]):
-        if all(max(smoothed[m][i + 1:]) <= max(smoothed[m][:i + 1]) + tol for m in metrics):
-            return int(row["epoch"])
+    n = len(next(iter(smoothed.values())))
+    for i in range(n - 1):
+        if all(max(c[i + 1:]) <= max(c[:i + 1]) + tol for c in smoothed.values()):
+            return i
     return None
 
 
@@ -59,26 +66,3 @@ def smoothed_curves(run, metrics: tuple[str, ...] = ("nmi", "robust_nmi"),
                     for i in range(len(rows))] for m in metrics}
     return rows, smoothed
 
-
-def plot_plateaus(runs: dict[str, str | Path], path, metrics: tuple[str, ...] = ("nmi", "robust_nmi"),
-                  tol: float = 0.01, window: int = 3) -> Path:
-    """One panel per metric: each run's validation (dots) and its trailing mean (line), its plateau
-    epoch a dashed vertical line."""
-    from .plots import _save, plt
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for label, run in runs.items():
-        rows, smoothed = smoothed_curves(run, metrics, window)
-        epoch = plateau_epoch(rows, metrics, tol, window)
-        epochs = [r["epoch"] for r in rows]
-        for ax, m in zip(axes[0], metrics):
-            (line,) = ax.plot(epochs, smoothed[m], label=f"{label} (plateau: {epoch or 'not yet'})")
-            ax.plot(epochs, [r[m] for r in rows], "o", ms=3, alpha=0.4, color=line.get_color())
-            if epoch is not None:
-                ax.axvline(epoch, ls="--", lw=1, color=line.get_color())
-    for ax, m in zip(axes[0], metrics):
-        ax.set_title(f"{m} (trailing mean of {window})")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)

@@ -108,3 +108,26 @@ def plot_certified(results: dict[str, dict], path: str | Path) -> Path:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_plateaus(curves: dict[str, tuple[list[dict], dict[str, list[float]], int | None]], path: str | Path,
+                  window: int) -> Path:
+    """One panel per metric: each run's validation (dots) and its trailing mean over ``window``
+    evaluations (line), its plateau epoch a dashed vertical line. ``curves``: label -> (rows,
+    smoothed curves, plateau epoch), as ``robustdml.reporting.convergence`` gives them."""
+    metrics = list(next(iter(curves.values()))[1])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for label, (rows, smoothed, epoch) in curves.items():
+        epochs = [r["epoch"] for r in rows]
+        for ax, m in zip(axes[0], metrics):
+            (line,) = ax.plot(epochs, smoothed[m], label=f"{label} (plateau: {epoch or 'not yet'})")
+            ax.plot(epochs, [r[m] for r in rows], "o", ms=3, alpha=0.4, color=line.get_color())
+            if epoch is not None:
+                ax.axvline(epoch, ls="--", lw=1, color=line.get_color())
+    for ax, m in zip(axes[0], metrics):
+        ax.set_title(f"{m} (trailing mean of {window})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
