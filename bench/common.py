@@ -49,3 +49,13 @@ def training_setup(device: torch.device, backbone: str, batch: int, size: int, c
 
 def line(name: str, ratio: float, target: float) -> str:
     return f"{name} {ratio:.2f} {target:.2f}"
+
+
+def print_figures(lines: list[str], details: dict) -> int:
+    """A benchmark script's output: its figure lines, a blank line, the details as JSON; exit 0."""
+    import json
+
+    print("\n".join(lines))
+    print()
+    print(json.dumps(details, indent=2))
+    return 0

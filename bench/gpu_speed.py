@@ -13,7 +13,6 @@ may use TF32 for convolutions. Prints ``G1 RATIO`` (bf16 images/s over fp32 imag
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import compare, training_setup  # noqa: E402
+from common import compare, print_figures, training_setup  # noqa: E402
 
 from robustdml.methods import create_method  # noqa: E402
 
@@ -98,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     lines, details = measure(device, args.backbone, args.batch, args.size, args.steps, args.repeats)
-    print("\n".join(lines))
-    print()
-    print(json.dumps(details, indent=2))
-    return 0
+    return print_figures(lines, details)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,16 @@ import eat_speed  # noqa: E402
 import eval_scale  # noqa: E402
 import eval_speed  # noqa: E402
 import fast_adversary  # noqa: E402
+import graph_speed  # noqa: E402
 import ranking_speed  # noqa: E402
 import session_reuse  # noqa: E402
 import training_speed  # noqa: E402
 
-BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, eval_speed, ranking_speed, session_reuse,
-              eval_scale]
+BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, graph_speed, eval_speed, ranking_speed,
+              session_reuse, eval_scale]
 #: reduced sizes for --quick: the same figures, noisier, in minutes
 QUICK = {attack_speed: {"steps": 3, "batch": 8, "size": 32}, training_speed: {"steps": 3, "batch": 8, "size": 32, "layout_batch": 64},
-         eat_speed: {"steps": 2}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
+         eat_speed: {"steps": 2}, graph_speed: {"steps": 4}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
          session_reuse: {"images": 1_000}, eval_scale: {"images": 1_500}}
 
 

@@ -81,3 +81,18 @@ def test_process_split_runs_on_a_fashion_fixture(tmp_path):
     info = json.loads(rest)
     assert len(info["step_s_split"]) == 2 and info["step_s_one_process"] > 0
     assert first.startswith(f"S1 {2 * info['step_s_one_process'] / max(info['step_s_split']):.2f} ")
+
+
+def test_graph_benchmark_steps_run_eagerly_on_the_cpu():
+    """G2's two sides are the trainer's step; on the CPU the graphed view passes every call through."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import graph_speed
+
+    for method, graphed, kwargs in (("pgd-at", False, {}), ("pgd-at", True, {}), ("eat", True, {"members": 2})):
+        step, view = graph_speed._step(torch.device("cpu"), method, graphed, 1, 8, **kwargs)
+        before = [p.detach().clone() for p in view.parameters()]
+        step()
+        assert any(not torch.equal(a, p) for a, p in zip(before, view.parameters()))  # it trained
+        assert graph_speed.graph_count(view) == 0
+    lines, _ = graph_speed.run(torch.device("cpu"))
+    assert lines[0].startswith("G2 skipped")

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from ..models.graphed import input_gradients_only
 from .context import Norm
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # adversarial images (B, ...) -> per-sample objective (B,)
@@ -109,7 +110,8 @@ def _gradient_step(objective: Objective, x: torch.Tensor):
     """(objective values, gradient of their sum) at a perturbation: the only input-gradient of robustdml."""
     def value_and_grad(d):
         d = d.detach().requires_grad_(True)
-        value = objective(x + d)
+        with input_gradients_only():  # a graphed model pass may then skip the weights' gradients
+            value = objective(x + d)
         # a model no gradient passes through (it detaches, say) gets no step: its figures stay the clean
         # ones, and the beats-noise check says so, rather than a crash
         (grad,) = torch.autograd.grad(value.sum(), d, allow_unused=True) if value.requires_grad else (None,)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..engine.config import TrainConfig
+from ..engine.config import TrainConfig, training_settings
 from ..engine.provenance import settings_hash
 from ..engine.trainer import TRAINING_REVISION
 from ..models import model_info
@@ -32,7 +32,7 @@ def config_changed(run: Path, cfg: TrainConfig) -> bool:
         return True
     if not isinstance(held, dict):
         return True
-    if settings_hash(held) != settings_hash(cfg.to_dict()):
+    if settings_hash(training_settings(held)) != settings_hash(training_settings(cfg.to_dict())):
         return True
     last = run / "last"
     return last.is_dir() and model_info(last).get("training_revision") != TRAINING_REVISION

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..engine.config import training_settings
 from ..engine.provenance import settings_hash
 from ..models.io import resolve_model_dir
 
@@ -46,7 +47,10 @@ def held_parts(result: dict) -> dict[str, dict]:
     were recorded, the training config it stored (its evaluations have no record and count as changed)."""
     if "parts" in result:
         return result["parts"]
-    return {"train": {"hash": settings_hash(result["config"]), "settings": result["config"]}} if "config" in result else {}
+    if "config" not in result:
+        return {}
+    config = training_settings(result["config"])
+    return {"train": {"hash": settings_hash(config), "settings": config}}
 
 
 def differences(old: dict | None, new: dict, limit: int = 4) -> list[str]:

@@ -13,7 +13,7 @@ import yaml
 
 from ..attacks import ThreatModel
 from ..data import dataset_spec, evaluation_sets
-from ..engine.config import TrainConfig
+from ..engine.config import TrainConfig, training_settings
 from ..engine.devices import resolve_device
 from ..engine.provenance import settings_hash, software_versions
 from ..engine.trainer import TRAINING_REVISION, Trainer
@@ -95,12 +95,13 @@ class Benchmark:
         if cell["backbone"] == SAVED:
             train = {"model": self.cfg.models[cell["method"]], "files": model_files_hash(self.cfg.models[cell["method"]])}
         else:
-            train = {**cfg.to_dict(), "training_revision": TRAINING_REVISION}
+            train = {**training_settings(cfg.to_dict()), "training_revision": TRAINING_REVISION}
         train_hash = settings_hash(train)
         query, gallery = evaluation_sets(cfg.dataset, cfg.root, image_size=cfg.image_size)
         data = {"dataset": cfg.dataset, "root": cfg.root, "image_size": cfg.image_size, "test_images": len(query),
                 "gallery_images": len(gallery) if gallery is not None else 0}
-        surrogate = (settings_hash({**self.surrogate_config(cell).to_dict(), "training_revision": TRAINING_REVISION})
+        surrogate = (settings_hash({**training_settings(self.surrogate_config(cell).to_dict()),
+                                    "training_revision": TRAINING_REVISION})
                      if self.cfg.surrogate else None)
         parts = {"train": train,
                  "attack": {"suite": self.cfg.suite(cfg).to_dict(), "attack_queries": self.cfg.attack_queries,

@@ -97,6 +97,9 @@ class TrainConfig:
     # on a CPU too (bench T4: a defended C2F2 training step in channels-last / contiguous)
     amp: bool = True
     channels_last: bool = True
+    # CUDA graphs for the training step's model passes (robustdml.models.graphed): "auto" = on a
+    # single CUDA device when the method allows it, "on" (also under several processes), "off"
+    cuda_graphs: str | bool = "auto"
     check_sync: bool = False  # multi-process: verify after every step that all ranks hold identical weights
 
     def validate(self) -> "TrainConfig":
@@ -163,12 +166,31 @@ class TrainConfig:
              f"robust_eval_eps must be in [0, 1] (an L∞ budget for [0, 1] images; 8/255, not 8), got {self.robust_eval_eps}"),
             (self.robust_eval_steps >= 1, f"robust_eval_steps must be at least 1, got {self.robust_eval_steps}"),
             (self.robust_eval_size >= 2, f"robust_eval_size must be at least 2, got {self.robust_eval_size}"),
+            (self.cuda_graphs in GRAPH_MODES or self.cuda_graphs in (True, False),
+             f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}, not '{self.cuda_graphs}'"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be auto, cpu or cuda[:N], not '{self.device}'"),
         ]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def graph_mode(self) -> str:
+        """``cuda_graphs`` as auto, on or off (YAML reads a bare on/off as a boolean)."""
+        return {True: "on", False: "off"}.get(self.cuda_graphs, self.cuda_graphs)
+
+
+GRAPH_MODES = ("auto", "on", "off")
+
+# Settings that change how fast a run trains, not what it trains: left out of the settings a
+# benchmark compares, so that a finished cell stays valid when only they differ (or did not exist).
+RESULT_NEUTRAL = ("cuda_graphs",)
+
+
+def training_settings(settings: dict) -> dict:
+    """A training config's settings without the :data:`RESULT_NEUTRAL` ones."""
+    return {k: v for k, v in settings.items() if k not in RESULT_NEUTRAL}
 
 
 def _type_ok(value, annotation) -> bool:

@@ -33,6 +33,7 @@ from ..files import write_json
 from ..losses import create_loss
 from ..methods import TrainingSetup, create_method
 from ..models import create_model, save_model
+from ..models.graphed import begin_step, graphed_view
 from .checkpoint import load_checkpoint, rng_state
 from .config import TrainConfig
 from .devices import default_workers, resolve_device
@@ -158,8 +159,25 @@ class Trainer(Validation, RunFiles):
         self.method.setup(TrainingSetup(num_samples=len(self.train_set), seed=cfg.seed, threat=self.threat))
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.step_model = self._step_model()
         # the loss sees the global batch when several processes train together
         self.loss_fn = distributed_criterion(self.criterion) if self.world > 1 else self.criterion
+
+    def _step_model(self) -> nn.Module:
+        """The model as the training step calls it: behind CUDA graphs (:mod:`robustdml.models.graphed`)
+        where ``cuda_graphs`` asks for them and they can run, else the model itself."""
+        mode = self.cfg.graph_mode
+        if mode == "off" or (mode == "auto" and self.world > 1):
+            return self.model
+        if not self.cuda:
+            if mode == "on":
+                log.info("cuda_graphs: on needs a CUDA device; training eagerly on %s", self.device.type)
+            return self.model
+        if not self.method.graphable:
+            log.info("the %s method, as configured, takes second derivatives, which graphed passes cannot: "
+                     "training eagerly", self.cfg.method)
+            return self.model
+        return graphed_view(self.model)
 
     def _build_optimizer(self) -> None:
         """AdamW over backbone (at ``backbone_lr_mult``), head, the loss's own parameters (proxies, at
@@ -226,8 +244,12 @@ class Trainer(Validation, RunFiles):
             images = images + cfg.noise_sigma * torch.randn_like(images)
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
-            loss = self.method.loss(self.model, self.loss_fn, images, labels, index)
+        graphed = self.step_model is not self.model
+        if graphed:
+            begin_step(self.step_model)
+        # graphed passes need autocast's weight cache off (each pass casts the weights it reads)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp, cache_enabled=not graphed):
+            loss = self.method.loss(self.step_model, self.loss_fn, images, labels, index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.world > 1:

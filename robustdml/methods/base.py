@@ -37,6 +37,10 @@ class TrainingMethod(ABC):
 
     name: ClassVar[str]
 
+    #: whether the training step may replay this method's model passes from CUDA graphs
+    #: (:mod:`robustdml.models.graphed`); False for a method that takes second derivatives
+    graphable: bool = True
+
     def build_model(self, make_model: Callable[[], nn.Module]) -> nn.Module:
         """The model this method trains, from a factory of single embedding networks."""
         return make_model()

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..losses import PairTripletLoss
 from ..models import EnsembleNet
 from ..models.batched import BatchedEnsemble, can_batch
+from ..models.graphed import GraphedModule
 from .adversarial import AdversarialMethod, TrainingAttack
 from .base import TrainingSetup, register_method
 from .eat_terms import distillation, ensemble_target, gradient_alignment
@@ -122,6 +123,7 @@ class EAT(AdversarialMethod):
                               "the one ensemble-crafted batch, so it needs transfer: ensemble")
         self.distill, self.distill_target, self.bn = float(distill), distill_target, bn
         self.diversity_weight = float(diversity_weight) if diversity == "gal" else 0.0
+        self.graphable = not self.diversity_weight  # GAL differentiates input gradients: no graphed passes
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
         batched = {True: "on", False: "off"}.get(batched, batched)  # YAML reads on/off as booleans
@@ -204,13 +206,17 @@ class EAT(AdversarialMethod):
 
     def attacked(self, model: EnsembleNet, device: torch.device) -> nn.Module:
         """The module the ensemble-crafted attack runs: the ensemble, or its members batched."""
-        if self.batched == "off" or (self.batched == "auto" and device.type != "cuda"):
-            return model
+        if self.batched == "off" or (self.batched == "auto" and (device.type != "cuda" or _graphed(model))):
+            return model  # graphed members (robustdml.models.graphed) replay their own passes: the loop
         if not can_batch(model):
             if self.batched == "on":
                 raise ConfigError("batched: on needs members of one architecture; use batched: off")
             return model
         return BatchedEnsemble(model)  # this batch's weights: the attack does not change them
+
+
+def _graphed(model: EnsembleNet) -> bool:
+    return any(isinstance(m, GraphedModule) for m in model.members)
 
 
 class _MemberStack(nn.Module):

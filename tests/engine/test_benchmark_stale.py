@@ -150,3 +150,12 @@ def test_a_cell_names_its_schema_and_a_later_one_is_refused(_first_run):
     path.write_text(json.dumps({**cell, "schema": {"kind": "cell", "version": 99}}))
     with pytest.raises(ModelFileError, match="schema version 99.*upgrade robustdml"):
         build_report(out)
+
+
+def test_a_speed_only_setting_keeps_the_cell(_first_run):
+    """cuda_graphs changes how fast a model trains, not what it trains: the cell stays finished."""
+    config, out = _first_run()
+    before = (out / "cells" / CELL / "result.json").read_bytes()
+    _edit(config, lambda d: d.setdefault("train", {}).update(cuda_graphs="off"))
+    assert Benchmark(load_benchmark_config(config), out, progress=False).run() == {CELL: "skipped"}
+    assert (out / "cells" / CELL / "result.json").read_bytes() == before
