@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH  ?= runs/benchmark-digits
 
-.PHONY: install demo test test-slow test-all bench bench-quick bench-gpu bench-fashion-gpu clean
+.PHONY: install demo test test-slow test-all bench bench-quick bench-gpu bench-fashion-gpu bench-fashion-zs-gpu clean
 
 install: $(STAMP)
 
@@ -56,6 +56,22 @@ bench-fashion-gpu: $(STAMP)
 	    > $(FASHION_OUT)/$$m-s$(SEED).log 2>&1 & \
 	done; wait
 	$(VENV)/bin/robustdml report $(FASHION_OUT)
+
+# EAT's decision grid on zero-shot Fashion-MNIST (docs/results-eat.md), one seed, the six methods as
+# parallel processes on one GPU with graphed training passes: GRID=fast (default) is
+# configs/benchmark-fashion-zs.yaml, the carried one-step adversary; GRID=full is
+# configs/benchmark-fashion-zs-full.yaml, RobRank's 32-step one. Cells resume where they stopped.
+GRID ?= fast
+ZS_CONFIG := configs/$(if $(filter full,$(GRID)),benchmark-fashion-zs-full,benchmark-fashion-zs).yaml
+ZS_OUT := runs/$(if $(filter full,$(GRID)),benchmark-fashion-zs-full,benchmark-fashion-zs)-gpu
+bench-fashion-zs-gpu: $(STAMP)
+	@mkdir -p $(ZS_OUT)
+	for m in pgd-at hm eat-control eat eat-distill-clean eat-distill-adv; do \
+	  $(VENV)/bin/robustdml benchmark --config $(ZS_CONFIG) --out $(ZS_OUT) --quiet train.workers=2 \
+	    $(if $(FASHION),--root fashion-zs=$(FASHION)) --only method=$$m --only seed=$(SEED) \
+	    > $(ZS_OUT)/$$m-s$(SEED).log 2>&1 & \
+	done; wait
+	$(VENV)/bin/robustdml report $(ZS_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
