@@ -11,9 +11,10 @@ wherever a graph would be wrong or cannot be made:
   attack's (only the input's gradient is wanted: :func:`input_gradients_only`, whose graphs skip
   the weights' gradients) — made the second time a kind is seen (a one-off such as the last
   batch of an epoch is not worth capturing), at most ``max_graphs`` of them;
-* eager on the CPU, without gradients, and for a call of a kind whose previous replay still waits
-  for its backward (a graph's activations live in fixed memory: replaying it again before the
-  backward would overwrite what that backward needs);
+* eager on the CPU, without gradients (or where no gradient will be taken through the pass), and
+  for a call of a kind whose previous replay still waits for its backward (a graph's activations
+  live in fixed memory: replaying it again before the backward would overwrite what that
+  backward needs);
 * every output is copied out of the graph's fixed memory, so what a caller keeps stays its own;
 * capturing runs the module a few times (warm-up): BatchNorm's running statistics are put back
   afterwards, so that training sees exactly the passes it would have run eagerly;
@@ -103,10 +104,13 @@ class GraphedModule(nn.Module):
         """The kind of call ``x`` makes, or None where it runs eagerly."""
         if self.failed or x.device.type not in self.devices or not torch.is_grad_enabled():
             return None
+        trains = tuple(p.requires_grad for p in self.module.parameters())
+        input_only = _input_only()
+        if not x.requires_grad and (input_only or not any(trains)):
+            return None  # no gradient will be taken through this pass: nothing for a backward graph to do
         autocast = torch.is_autocast_enabled("cuda")
-        return (tuple(x.shape), x.dtype, x.stride(), x.requires_grad, self.module.training, _input_only(), autocast,
-                torch.get_autocast_dtype("cuda") if autocast else None,
-                tuple(p.requires_grad for p in self.module.parameters()))
+        return (tuple(x.shape), x.dtype, x.stride(), x.requires_grad, self.module.training, input_only, autocast,
+                torch.get_autocast_dtype("cuda") if autocast else None, trains)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = self.key(x)

@@ -111,9 +111,10 @@ def test_attack_calls_are_their_own_kind_and_capture_without_the_weights_gradien
     for _ in range(2):
         view(x).sum().backward()
     assert stand_in.input_only == [True, False]
+    attacked = x.clone().requires_grad_(True)
     with input_gradients_only():
-        assert view.key(x)[5] is True
-    assert view.key(x)[5] is False
+        assert view.key(attacked)[5] is True
+    assert view.key(attacked)[5] is False
 
 
 def test_capture_leaves_batchnorm_statistics_as_eager_training_leaves_them():
@@ -221,3 +222,14 @@ def test_graphed_training_on_a_gpu_matches_eager_training(tmp_path):
     assert graph_count(graphed.step_model) > 0
     for a, b in zip(graphed.model.parameters(), eager.model.parameters()):
         assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_a_pass_no_gradient_goes_through_is_not_a_kind():
+    net = _net().train()
+    view = _graphed(net, StandIn())
+    x = torch.rand(16, 1, 8, 8)
+    with input_gradients_only():
+        assert view.key(x) is None  # an attack's pass on an input that needs no gradient
+    for p in net.parameters():
+        p.requires_grad_(False)
+    assert view.key(x) is None and view.key(x.clone().requires_grad_(True)) is not None
