@@ -58,7 +58,7 @@ bench-fashion-gpu: $(STAMP)
 	$(VENV)/bin/robustdml report $(FASHION_OUT)
 
 # EAT's decision grid on zero-shot Fashion-MNIST (docs/results-eat.md), one seed, the six methods as
-# parallel processes on one GPU with graphed training passes: GRID=fast (default) is
+# parallel processes on one GPU (GRAPHS=1 adds cuda_graphs=auto: graphed training passes): GRID=fast (default) is
 # configs/benchmark-fashion-zs.yaml, the carried one-step adversary; GRID=full is
 # configs/benchmark-fashion-zs-full.yaml, RobRank's 32-step one. Cells resume where they stopped.
 GRID ?= fast
@@ -67,7 +67,7 @@ ZS_OUT := runs/$(if $(filter full,$(GRID)),benchmark-fashion-zs-full,benchmark-f
 bench-fashion-zs-gpu: $(STAMP)
 	@mkdir -p $(ZS_OUT)
 	for m in pgd-at hm eat-control eat eat-distill-clean eat-distill-adv; do \
-	  $(VENV)/bin/robustdml benchmark --config $(ZS_CONFIG) --out $(ZS_OUT) --quiet train.workers=2 \
+	  $(VENV)/bin/robustdml benchmark --config $(ZS_CONFIG) --out $(ZS_OUT) --quiet train.workers=2 $(if $(GRAPHS),train.cuda_graphs=auto) \
 	    $(if $(FASHION),--root fashion-zs=$(FASHION)) --only method=$$m --only seed=$(SEED) \
 	    > $(ZS_OUT)/$$m-s$(SEED).log 2>&1 & \
 	done; wait

@@ -1,6 +1,6 @@
 """G2: a defended C2F2 training step (pgd-at, RobRank's Fashion-MNIST shapes: batch 128 of 28x28
 grey images, the K-step adversary) with its model passes replayed from CUDA graphs
-(robustdml.models.graphed, `cuda_graphs: on`) / the same step eager; M1g: a 3-member `eat` step /
+(robustdml.models.graphed, `cuda_graphs: on` or `auto`) / the same step eager; M1g: a 3-member `eat` step /
 a `pgd-at` step, both graphed (the members one after the other, each behind its own graphs).
 
     python bench/graph_speed.py                 # on a CUDA device; K = 32

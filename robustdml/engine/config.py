@@ -98,8 +98,9 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     # CUDA graphs for the training step's model passes (robustdml.models.graphed): "auto" = on a
-    # single CUDA device when the method allows it, "on" (also under several processes), "off"
-    cuda_graphs: str | bool = "auto"
+    # single CUDA device when the method allows it, "on" (also under several processes), "off" (the
+    # default until the graphed step has been measured against the eager one on a GPU)
+    cuda_graphs: str | bool = "off"
     check_sync: bool = False  # multi-process: verify after every step that all ranks hold identical weights
 
     def validate(self) -> "TrainConfig":
