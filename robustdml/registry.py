@@ -72,6 +72,12 @@ def flag(name: str, value) -> bool:
     return value
 
 
+def switch(value):
+    """A three-way option's value (``auto | on | off``) with YAML's bare on/off, which it reads as
+    booleans, turned back into the words; any other value unchanged (for the caller to check)."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def check_options(fn: Callable, options: dict, what: str, skip: int = 0) -> None:
     """Raise a one-line ConfigError naming any key of ``options`` that ``fn`` does not take."""
     allowed = accepted_options(fn)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 import yaml
 
 from ..errors import ConfigError
+from ..registry import switch
 
 SCHEDULES = ("step", "cosine", "none")
 SAMPLERS = ("auto", "random", "class-balanced", "pairs")
@@ -167,7 +168,7 @@ class TrainConfig:
              f"robust_eval_eps must be in [0, 1] (an L∞ budget for [0, 1] images; 8/255, not 8), got {self.robust_eval_eps}"),
             (self.robust_eval_steps >= 1, f"robust_eval_steps must be at least 1, got {self.robust_eval_steps}"),
             (self.robust_eval_size >= 2, f"robust_eval_size must be at least 2, got {self.robust_eval_size}"),
-            (self.cuda_graphs in GRAPH_MODES or self.cuda_graphs in (True, False),
+            (self.graph_mode in GRAPH_MODES,
              f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}, not '{self.cuda_graphs}'"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be auto, cpu or cuda[:N], not '{self.device}'"),
@@ -179,7 +180,7 @@ class TrainConfig:
     @property
     def graph_mode(self) -> str:
         """``cuda_graphs`` as auto, on or off (YAML reads a bare on/off as a boolean)."""
-        return {True: "on", False: "off"}.get(self.cuda_graphs, self.cuda_graphs)
+        return switch(self.cuda_graphs)
 
 
 GRAPH_MODES = ("auto", "on", "off")

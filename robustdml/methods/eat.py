@@ -27,6 +27,7 @@ from ..losses import PairTripletLoss
 from ..models import EnsembleNet
 from ..models.batched import BatchedEnsemble, can_batch
 from ..models.graphed import GraphedModule
+from ..registry import switch
 from .adversarial import AdversarialMethod, TrainingAttack
 from .base import TrainingSetup, register_method
 from .eat_terms import distillation, ensemble_target, gradient_alignment
@@ -126,7 +127,7 @@ class EAT(AdversarialMethod):
         self.graphable = not self.diversity_weight  # GAL differentiates input gradients: no graphed passes
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
-        batched = {True: "on", False: "off"}.get(batched, batched)  # YAML reads on/off as booleans
+        batched = switch(batched)
         if batched not in BATCHED:
             raise ConfigError(f"batched must be one of {', '.join(BATCHED)}, not '{batched}'")
         self.members, self.parts_per_member, self.batched = int(members), int(ppm), batched

@@ -121,7 +121,7 @@ class GraphedModule(nn.Module):
             self.seen[key] += 1
             if self.seen[key] < 2 or len(self.graphs) >= self.max_graphs:
                 return self.module(x)
-            graphed = self._capture(key, x)
+            graphed = self._capture(key, x, input_only=_input_only())
             if graphed is None:
                 return self.module(x)
         out = graphed(x)
@@ -130,11 +130,11 @@ class GraphedModule(nn.Module):
             out.register_hook(lambda grad, key=key: self._released(key, grad))
         return out.clone()
 
-    def _capture(self, key: tuple, x: torch.Tensor) -> Callable | None:
+    def _capture(self, key: tuple, x: torch.Tensor, input_only: bool) -> Callable | None:
         buffers = [b.detach().clone() for b in self.module.buffers()]
         sample = x.detach().clone().requires_grad_(x.requires_grad)
         try:
-            graphed = self.capture(self.module, sample, key[5])
+            graphed = self.capture(self.module, sample, input_only)
         except Exception as error:  # noqa: BLE001 - any failure to capture means: run eagerly
             self.failed = True
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
