@@ -43,6 +43,9 @@ class BenchmarkConfig:
     # named variants of a method, usable in the grid's `method` list beside the methods themselves:
     # name -> {method: eat, method_kwargs: {transfer: self, ...}} (its options replace method_kwargs')
     variants: dict = field(default_factory=dict)
+    # the rule the report applies to the cells, fixed before any figure is seen: which readings beat
+    # the best single-model defence and a control (robustdml.reporting.decision); empty: none
+    decision: dict = field(default_factory=dict)
 
     def validate(self) -> "BenchmarkConfig":
         for key, values in self.grid.items():
@@ -56,6 +59,10 @@ class BenchmarkConfig:
         if clash:
             raise ConfigError(f"models and the grid's methods share the name {sorted(clash)[0]!r}: rename the model")
         self._check_variants()
+        if self.decision:
+            from ..reporting.decision import DecisionRule
+            names = [str(m) for m in self.grid.get("method") or []] + list(self.models)
+            self.decision = DecisionRule.from_dict(self.decision, names, max(2, len(self.grid.get("seed") or []))).to_dict()
         if self.attack_queries is not None and (not isinstance(self.attack_queries, int) or self.attack_queries < 2):
             raise ConfigError(f"attack_queries must be a whole number >= 2, got {self.attack_queries!r}")
         unknown = set(self.ranking) - {"profile", "queries", "attack_kwargs"}

@@ -39,7 +39,8 @@ def _commands():
         ("report", _args_report, dict(
             help="rebuild a benchmark's report from its JSON files",
             description="Rebuild report.md and report.html of a benchmark folder from its cells' result files "
-                        "(nothing is trained or attacked).")),
+                        "(nothing is trained or attacked), with the decision of the config's `decision` rule "
+                        "where it has one.")),
         ("converged", _args_converged, dict(
             help="the epoch training runs stopped improving at, from their log.csv",
             description="For each training run, the first evaluated epoch after which none of the metrics "
@@ -135,6 +136,8 @@ def _args_benchmark(p: argparse.ArgumentParser) -> None:
 
 def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="benchmark output folder")
+    p.add_argument("--config", help="the benchmark config whose decision rule the report applies (default: the one "
+                                    "the folder's last run wrote to benchmark.yaml)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -236,11 +236,12 @@ def _cmd_benchmark(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from ..reporting.report import build_report, print_tables
+    from ..reporting.report import build_report, decision_rule, print_tables
     if not Path(args.run_dir).is_dir():
         raise RobustDMLError(f"{args.run_dir} is not a benchmark directory")
-    md, html_path = build_report(args.run_dir)
-    print(print_tables(args.run_dir))
+    rule = decision_rule(args.run_dir, args.config)
+    md, html_path = build_report(args.run_dir, rule)
+    print(print_tables(args.run_dir, rule))
     print(f"report: {html_path} (and {md})")
     return 0
 

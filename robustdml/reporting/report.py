@@ -13,6 +13,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from ..errors import ModelFileError
 from ..evaluation.results import SCHEMAS
 from ..files import write_text
@@ -21,6 +23,7 @@ from .markdown import _md_to_html
 from .report_figures import _certify_plot, _convergence, _curves, _tsne
 from .report_tables import (CHECKS_LINK, _certified, _certify_md, _checks_md, _configs_md, _ranking_md, _stale_labels,
                             _suite_md, _table_md, _upper_bound_marks, _worst_by_md)
+from .decision import DecisionRule, decision_md
 from .summary import summarize
 
 
@@ -62,9 +65,27 @@ def group_tables(cells: list[dict]) -> dict[tuple[str, str], dict]:
     return tables
 
 
-def build_report(out_dir: str | Path) -> tuple[Path, Path]:
-    """Write OUT/report.md and OUT/report.html (PNGs under OUT/report/, embedded in the HTML)."""
+def decision_rule(out_dir: str | Path, config: str | Path | None = None) -> DecisionRule | None:
+    """The decision rule of a benchmark config's ``decision`` section: ``config``'s, else the one the
+    folder's last run wrote to OUT/benchmark.yaml; None where there is none."""
+    if config is not None:
+        from ..benchmark import load_benchmark_config
+        found = load_benchmark_config(config).decision
+    else:
+        path = Path(out_dir) / "benchmark.yaml"
+        try:
+            held = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, yaml.YAMLError) as e:
+            raise ModelFileError(f"{path}: unreadable ({e}); pass the benchmark's config with --config") from None
+        found = held.get("decision") if isinstance(held, dict) else None
+    return DecisionRule.from_dict(found) if found else None
+
+
+def build_report(out_dir: str | Path, rule: DecisionRule | None = None) -> tuple[Path, Path]:
+    """Write OUT/report.md and OUT/report.html (PNGs under OUT/report/, embedded in the HTML), with
+    ``rule``'s decision (default: the folder's benchmark.yaml's) after each table."""
     out_dir = Path(out_dir)
+    rule = rule or decision_rule(out_dir)
     cells = load_cells(out_dir)
     tables = group_tables(cells)
     fig_dir = out_dir / "report"
@@ -72,7 +93,7 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
     sections.append(("md", f"# robustdml benchmark report\n\n{sum(c.get('status') == 'ok' for c in cells)} cells "
                            f"finished, {sum(c.get('status') == 'failed' for c in cells)} failed.\n"))
     for (dataset, backbone), group in tables.items():
-        sections += _group_sections(dataset, backbone, group, fig_dir)
+        sections += _group_sections(dataset, backbone, group, fig_dir, rule)
     failed = [c for c in cells if c.get("status") == "failed"]
     if failed:
         sections.append(("md", "## Failed cells\n\n" + "\n".join(
@@ -85,8 +106,10 @@ def build_report(out_dir: str | Path) -> tuple[Path, Path]:
     return _write(sections, out_dir)
 
 
-def _group_sections(dataset: str, backbone: str, group: dict, fig_dir: Path) -> list[tuple[str, str]]:
-    """The sections of one (dataset, backbone) table: the table, worst attacks, figures, checks, RobRank, certificates."""
+def _group_sections(dataset: str, backbone: str, group: dict, fig_dir: Path,
+                    rule: DecisionRule | None = None) -> list[tuple[str, str]]:
+    """The sections of one (dataset, backbone) table: the table, the decision, worst attacks, figures,
+    checks, RobRank, certificates."""
     sections = []
     slug = f"{dataset}-{backbone}"
     marks, bound_notes = _upper_bound_marks(group)
@@ -95,6 +118,8 @@ def _group_sections(dataset: str, backbone: str, group: dict, fig_dir: Path) -> 
     sections.append(("md", f"## {dataset}, {backbone}\n\n{_suite_md(group)}\nClean and adversarial metrics "
                            f"(adv: the worst case at {_budget(group)}), mean ± std over seeds where there are "
                            f"several:\n\n" + _table_md(group["rows"], marks, labels) + "\n" + notes))
+    if rule:
+        sections.append(("md", decision_md(rule, group["rows"], marks)))
     sections.append(("md", "The attack that gave each worst case:\n\n" + _worst_by_md(group) + "\n"))
     sections.append(("md", "Worst case against eps (the eps sweep):\n"))
     sections.append(("img", str(_curves(group, fig_dir / f"{slug}-curves.png"))))
@@ -144,13 +169,15 @@ def _budget(group: dict) -> str:
     return format_budget(float(group["eps"]), first.get("settings", {}).get("norm", "linf"))
 
 
-def print_tables(out_dir: str | Path) -> str:
+def print_tables(out_dir: str | Path, rule: DecisionRule | None = None) -> str:
     """The results tables for the terminal: the suite line, the table with its upper-bound marks and
-    stale rows, and the footnotes."""
+    stale rows, the footnotes, and ``rule``'s decision (default: the folder's benchmark.yaml's)."""
+    rule = rule or decision_rule(out_dir)
     out = []
     for (d, b), g in group_tables(load_cells(out_dir)).items():
         marks, bound_notes = _upper_bound_marks(g)
         labels, stale_notes = _stale_labels(g)
         out.append(f"{d}, {b} (adv = worst case at {_budget(g)})\n{_suite_md(g)}" + _table_md(g["rows"], marks, labels)
-                   + "".join(f"\n{n}" for n in bound_notes + stale_notes))
+                   + "".join(f"\n{n}" for n in bound_notes + stale_notes)
+                   + (f"\n\n{decision_md(rule, g['rows'], marks)}" if rule else ""))
     return "\n\n".join(out)
