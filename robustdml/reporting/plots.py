@@ -15,6 +15,22 @@ from ..evaluation.metrics import metric_names  # noqa: E402
 from ..files import atomic_path  # noqa: E402
 
 
+def _panels(count: int, width: float = 4.5):
+    """A figure with one row of ``count`` panels, each ``width`` inches wide; the figure and the row."""
+    fig, axes = plt.subplots(1, count, figsize=(width * count, 3.4), squeeze=False)
+    return fig, axes[0]
+
+
+def _finish(fig, axes, path, xlabel: str, legend_size: int = 8) -> Path:
+    """Every panel labelled and gridded, the legend on the first, the figure saved to ``path``."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=legend_size)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...] | None = None) -> Path:
     """One panel per metric (default: those registered for plots); a line per attack (for large
     suites: the attacks that gave the worst case, and noise) and a dashed line for the worst case;
@@ -22,8 +38,8 @@ def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...]
     metrics = metrics or metric_names("plot")
     eps_keys = list(result["worst"])
     eps = [float(k) for k in eps_keys]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = _panels(len(metrics), width=4)
+    for ax, metric in zip(axes, metrics):
         clean = result["clean"][metric]
         # the attacks that were worst at some eps for this metric, and the noise floor (a suite can hold dozens)
         shown = {a for per_metric in result["worst_attack"].values() for m, a in per_metric.items() if m == metric}
@@ -35,12 +51,8 @@ def plot_metrics_vs_eps(result: dict, path: str | Path, metrics: tuple[str, ...]
                     label=name)
         ax.plot([0] + eps, [clean] + [result["worst"][k][metric] for k in eps_keys], "k--", lw=2, label="worst")
         ax.set_title(metric)
-        ax.set_xlabel(f"eps ({Norm(result.get('settings', {}).get('norm', 'linf')).symbol})")
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, path, f"eps ({Norm(result.get('settings', {}).get('norm', 'linf')).symbol})")
 
 
 def plot_convergence(curves: dict[str, dict], path: str | Path) -> Path:
@@ -48,8 +60,8 @@ def plot_convergence(curves: dict[str, dict], path: str | Path) -> Path:
     {"iterations": [...], metric: [...]}); one panel per metric of the checks. A line still falling
     at the right edge means the attack had not converged."""
     metrics = metric_names("check")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics):
         for label, curve in curves.items():
             ax.plot(curve["iterations"][:len(curve[metric])], curve[metric], marker="o", ms=3, label=label)
         ax.set_xscale("log")
@@ -57,11 +69,7 @@ def plot_convergence(curves: dict[str, dict], path: str | Path) -> Path:
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_title(f"{metric} vs attack iterations")
-        ax.set_xlabel("iterations")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, path, "iterations", legend_size=7)
 
 
 def plot_adversarial_grid(clean: torch.Tensor, adversarial: torch.Tensor, eps: float, path: str | Path,
@@ -116,18 +124,14 @@ def plot_plateaus(curves: dict[str, tuple[list[dict], dict[str, list[float]], in
     evaluations (line), its plateau epoch a dashed vertical line. ``curves``: label -> (rows,
     smoothed curves, plateau epoch), as ``robustdml.reporting.convergence`` gives them."""
     metrics = list(next(iter(curves.values()))[1])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    fig, axes = _panels(len(metrics))
     for label, (rows, smoothed, epoch) in curves.items():
         epochs = [r["epoch"] for r in rows]
-        for ax, m in zip(axes[0], metrics):
+        for ax, m in zip(axes, metrics):
             (line,) = ax.plot(epochs, smoothed[m], label=f"{label} (plateau: {epoch or 'not yet'})")
             ax.plot(epochs, [r[m] for r in rows], "o", ms=3, alpha=0.4, color=line.get_color())
             if epoch is not None:
                 ax.axvline(epoch, ls="--", lw=1, color=line.get_color())
-    for ax, m in zip(axes[0], metrics):
+    for ax, m in zip(axes, metrics):
         ax.set_title(f"{m} (trailing mean of {window})")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, path, "epoch")
