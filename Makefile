@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH  ?= runs/benchmark-digits
 
-.PHONY: install demo test test-slow test-all bench bench-quick bench-gpu bench-fashion-gpu bench-fashion-zs-gpu clean
+.PHONY: install demo test test-slow test-all bench bench-quick bench-gpu gpu-checks bench-fashion-gpu bench-fashion-zs-gpu clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ bench-quick: $(STAMP)
 # bf16 + channels_last vs fp32 `pgd-at` throughput, ResNet-50 at 224 px (needs a CUDA device)
 bench-gpu: $(STAMP)
 	$(PY) bench/gpu_speed.py
+
+# every figure only a CUDA device gives, each part time-boxed (about 8 minutes): the GPU tests, G2 and M1g,
+# P3/P3b (batched EAT members), M1 under RobRank's Fashion recipe eager and graphed; logs in GPU_OUT
+GPU_OUT ?= runs/gpu-checks
+gpu-checks: $(STAMP)
+	PYTHON=$(PY) bench/gpu_checks.sh $(GPU_OUT) $(FASHION)
 
 # RobRank's Fashion-MNIST grid at its full training settings, one seed (SEED=0, 1 or 2), the six
 # methods as parallel processes on one GPU (about 40 minutes on an H200; logs in the output folder);

@@ -19,6 +19,9 @@ for each, the moment it is measured:
 
     python bench/method_cost.py --fast --methods est act --batches 3 --warmup 1
     python bench/method_cost.py --fast --fast-steps 2 --methods act    # two carried steps per visit
+
+With ``--graphs on`` (a CUDA device), every trainer replays its model passes from CUDA graphs
+(``cuda_graphs``, robustdml/models/graphed.py): the epochs the grids would cost with the graphed step.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def fast_kwargs(method: str, steps: int | None = None) -> dict:
 
 def trainer_for(method: str, kwargs: dict, args, folder: str) -> Trainer:
     cfg = {**read_yaml(RECIPE), "method": method, "method_kwargs": kwargs,
-           "root": args.root, "device": args.device, "robust_eval": False, "amp": args.amp}
+           "root": args.root, "device": args.device, "robust_eval": False, "amp": args.amp,
+           "cuda_graphs": args.graphs}
     trainer = Trainer(config_from_dict(cfg), folder, progress=False)
     trainer.model.train()
     trainer.sampler.set_epoch(0)
@@ -122,6 +126,8 @@ def main() -> int:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default off, as RobRank trains in fp32)")
     p.add_argument("--eat-batched", default="auto", choices=("auto", "on", "off"),
                    help="EAT's members in the attack: batched (vmap), a loop, or auto (batched on CUDA)")
+    p.add_argument("--graphs", default="off", choices=("auto", "on", "off"),
+                   help="the trainer's cuda_graphs: model passes replayed from CUDA graphs (default off, the trainer's)")
     p.add_argument("--fast", action="store_true",
                    help="also time each defence with the fast adversary of configs/benchmark-fashion-cpu-fast.yaml (F2)")
     p.add_argument("--fast-steps", type=int, help="with --fast: carried steps per visit instead of the config's (1)")
@@ -148,6 +154,7 @@ def main() -> int:
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     info = {"device": machine, "torch": torch.__version__, "adversary_steps": args.steps, "amp": args.amp,
+            "cuda_graphs": args.graphs,
             "timed_steps": args.batches, "methods": results}
     print(json.dumps(info, indent=2))
     if args.json:
