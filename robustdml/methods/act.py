@@ -22,13 +22,15 @@ class ACT(RankingDefence):
 
     Args:
         eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
+        carry_by: with ``init: carry``, ``role`` (an image carries one perturbation as a positive and
+            another as a negative) or ``image`` (one, whatever its role; ours, docs/design-choices.md).
     """
 
     name = "act"
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 init: str = "zero"):
-        self.adversary = RankingAdversary(eps, steps, step_size, init)
+                 init: str = "zero", carry_by: str = "role"):
+        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by)
 
     def loss(self, model, criterion, images, labels, index):
         triplets = anchors, positives, negatives = mine_triplets(labels)

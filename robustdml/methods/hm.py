@@ -57,18 +57,21 @@ class HM(RankingDefence):
         ics: add the intra-class structure loss (default True).
         ics_weight: its weight (default 0.5).
         eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
+        carry_by: with ``init: carry``, ``role`` (one perturbation of an image per role: anchor,
+            positive, negative) or ``image`` (one, whatever its role; ours).
     """
 
     name = "hm"
 
     def __init__(self, destination: str = "gradual", ics: bool = True, ics_weight: float = 0.5,
-                 eps: float | None = None, steps: int = 32, step_size: float | None = None, init: str = "zero"):
+                 eps: float | None = None, steps: int = 32, step_size: float | None = None, init: str = "zero",
+                 carry_by: str = "role"):
         if destination not in DESTINATIONS:
             raise ConfigError(f"destination must be one of {', '.join(DESTINATIONS)}, not '{destination}'")
         if not isinstance(ics_weight, (int, float)) or ics_weight < 0:
             raise ConfigError(f"ics_weight must be a number >= 0, got {ics_weight!r}")
         self.destination, self.ics, self.ics_weight = destination, flag("ics", ics), float(ics_weight)
-        self.adversary = RankingAdversary(eps, steps, step_size, init)
+        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by)
         self.previous_loss = 2.0
 
     def state_dict(self) -> dict:

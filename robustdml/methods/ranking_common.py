@@ -3,9 +3,10 @@ triplets they perturb.
 
 The adversary is RobRank's: L∞ signed-gradient PGD from the clean images (no random start), the
 model in eval mode, 32 steps (``init: carry``, ours: from each image's perturbation of its last
-visit, one per role it was perturbed in); eps from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on
-the 224-pixel datasets) and RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its
-224-pixel one; ours: 3/255 whenever eps exceeds 16/255).
+visit, one per role it was perturbed in, or with ``carry_by: image`` one whatever its role); eps
+from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on the 224-pixel datasets) and
+RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its 224-pixel one; ours: 3/255
+whenever eps exceeds 16/255).
 
 Triplets are RobRank's ``spc2-random`` ones on pair batches (``sampler: pairs``), and ours on any
 other batch (:func:`robustdml.losses.mine_triplets`, shared with the pair triplet loss).
@@ -31,6 +32,10 @@ from .carry import PerturbationBank
 MARGIN = 0.2
 
 
+#: how carried perturbations are kept: one per role an image was perturbed in, or one per image
+CARRY_BY = ("role", "image")
+
+
 def robrank_step(eps: float) -> float:
     """RobRank's PGD step for a budget: 3/255 for its 28-pixel eps (77/255), 1/255 for its 224-pixel one (8/255)."""
     return 3 / 255 if eps > 16 / 255 else 1 / 255
@@ -41,11 +46,16 @@ class RankingAdversary:
     the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 init: str = "zero"):
+                 init: str = "zero", carry_by: str = "role"):
         if init not in ("zero", "carry"):
             raise ConfigError(f"init must be zero (RobRank's: from the clean images) or carry, not '{init}'")
-        self.init, self.num_samples = init, None
-        self.banks: dict[int, PerturbationBank] = {}  # one per role of the perturbed rows (e.g. positive, negative)
+        if carry_by not in CARRY_BY:
+            raise ConfigError(f"carry_by must be one of {', '.join(CARRY_BY)}, not '{carry_by}'")
+        if carry_by != "role" and init != "carry":
+            raise ConfigError("carry_by says how carried perturbations are kept: it needs init: carry")
+        self.init, self.carry_by, self.num_samples = init, carry_by, None
+        # one per role of the perturbed rows (e.g. positive, negative), or one for all (carry_by: image)
+        self.banks: dict[int, PerturbationBank] = {}
         eps = None if eps is None else check_eps(parse_eps(eps), Norm.LINF)
         step_size = None if step_size is None else parse_eps(step_size, "step_size")
         if not isinstance(steps, int) or steps < 1:
@@ -83,7 +93,8 @@ class RankingAdversary:
         steps (RobRank's hardness manipulation does, to save time once every triplet is where it
         should be). ``index`` (with ``init: carry``): the rows' training-set positions, one tensor
         per role in the order of the rows (e.g. ``[index[positives], index[negatives]]``): each role
-        carries its own perturbation of an image."""
+        carries its own perturbation of an image (``carry_by: role``), or every role the image's one
+        (``carry_by: image``; an image in several rows keeps the last row's)."""
         if self.bound_eps is None:
             raise RuntimeError("the training adversary has no eps: pass eps or call the method's setup() first")
         x = images.detach()
@@ -108,7 +119,8 @@ class RankingAdversary:
             raise RuntimeError("carried perturbations need the rows' training-set index and the method's setup()")
         if sum(len(i) for i in index) != len(x):
             raise ValueError(f"index covers {sum(len(i) for i in index)} rows of {len(x)}")
-        banks = [self.banks.setdefault(role, PerturbationBank(self.num_samples, self.bound_eps, Norm.LINF))
+        banks = [self.banks.setdefault(0 if self.carry_by == "image" else role,
+                                       PerturbationBank(self.num_samples, self.bound_eps, Norm.LINF))
                  for role in range(len(index))]
         return list(zip(banks, x.split([len(i) for i in index]), index))
 

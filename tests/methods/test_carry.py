@@ -159,6 +159,35 @@ def test_ranking_defences_carry_a_perturbation_per_role_within_the_budget():
         create_method("est", init="random")
 
 
+def test_carry_by_image_keeps_one_perturbation_whatever_the_role():
+    """With carry_by: image an image perturbed as a positive starts from there when it next comes as
+    a negative: one bank, and the steps of both roles accumulate in it (within eps and [0, 1])."""
+    from robustdml.methods.ranking_common import RankingAdversary, roles
+    model = Net().eval()
+    x = torch.rand(8, 1, 8, 8)
+    index = torch.arange(8)
+
+    def push(emb):
+        return emb.sum(1)
+
+    moved = {}
+    for carry_by in ("role", "image"):
+        adversary = RankingAdversary(eps=0.2, steps=1, step_size=0.02, init="carry", carry_by=carry_by)
+        adversary.num_samples = 8
+        for visit in range(6):  # the same images, their roles swapped at every visit
+            first, second = (torch.arange(4), torch.arange(4, 8)) if visit % 2 else (torch.arange(4, 8), torch.arange(4))
+            rows = torch.cat([first, second])
+            out = adversary(model, x[rows], push, index=roles(index, first, second))
+        assert (out - x[rows]).abs().max() <= 0.2 + 1e-6 and out.min() >= 0 and out.max() <= 1
+        moved[carry_by] = float((out - x[rows]).abs().mean())
+        assert set(adversary.banks) == ({0, 1} if carry_by == "role" else {0})
+    assert moved["image"] > 1.5 * moved["role"]  # six steps in one bank against three in each of two
+    with pytest.raises(ConfigError, match="carry_by must be one of"):
+        create_method("act", init="carry", carry_by="batch")
+    with pytest.raises(ConfigError, match="needs init: carry"):
+        create_method("act", carry_by="image")
+
+
 @pytest.mark.parametrize("method,roles", [  # act's and hm's several roles with the slow tests
     ("est", {0}), pytest.param("act", {0, 1}, marks=pytest.mark.slow), pytest.param("hm", {0, 1, 2}, marks=pytest.mark.slow)])
 def test_ranking_defence_resume_with_carried_perturbations_is_bit_identical(method, roles, tmp_path):
