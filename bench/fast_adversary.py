@@ -6,10 +6,19 @@ FGSM-RS preset's (`F1rs`).
 
 What the fast adversary saves is its steps: 2 passes per image (one adversary step, one update)
 against 11, so about 0.2 is the floor; the robustness it keeps is measured in
-docs/results-fast.md, not here."""
+docs/results-fast.md, not here.
+
+``--breakdown`` splits a batch's time, by profiling one epoch of each setting, into the adversary's
+steps, the rest of the adversary (the displacement target's clean forward pass, the carried bank)
+and the update (the training forward and backward passes, the optimiser), and prints the floor of
+each ratio: what it would be if the adversary's setup cost nothing."""
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import os
+import pstats
 import tempfile
 
 import torch
@@ -39,7 +48,53 @@ def run(device: torch.device) -> tuple[list[str], dict]:
     return figures, details
 
 
+def _profiled(trainer: Trainer) -> dict[str, float]:
+    """Seconds per batch of one epoch (after a warm-up one): the adversary's steps, the rest of the
+    adversary, and the update (the step without the adversary)."""
+    trainer.train_epoch(0)
+    profile = cProfile.Profile()
+    profile.enable()
+    trainer.train_epoch(1)
+    profile.disable()
+    spent = pstats.Stats(profile).stats  # (file, line, function) -> (..., cumulative seconds, callers)
+
+    def seconds(module: str, name: str) -> float:
+        return sum(row[3] for (path, _, fn), row in spent.items() if os.path.basename(path) == module and fn == name)
+
+    batches = len(trainer.loader)
+    steps, adversary = seconds("optim.py", "value_and_grad"), seconds("adversarial.py", "__call__")
+    step = seconds("trainer.py", "train_step")
+    return {"steps": steps / batches, "adversary_setup": (adversary - steps) / batches,
+            "update": (step - adversary) / batches}
+
+
+def breakdown(device: torch.device) -> list[str]:
+    base = {"dataset": "digits", "embedding_dim": 64, "batch_size": 64, "robust_eval": False, "epochs": 2,
+            "device": device.type, "method": "pgd-at"}
+    rows, parts = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, options in {"default": {}, **FAST}.items():
+            parts[name] = _profiled(Trainer(config_from_dict({**base, "method_kwargs": options}), f"{tmp}/{name}",
+                                            progress=False))
+    default = parts.pop("default")
+    rows.append(f"default: {_ms(default)}")
+    for name, part in parts.items():
+        measured = sum(part.values()) / sum(default.values())
+        floor = (part["steps"] + part["update"]) / (default["steps"] + default["update"])
+        rows.append(f"{name}: {_ms(part)}; ratio {measured:.2f}, with no adversary setup {floor:.2f}")
+    return rows
+
+
+def _ms(part: dict[str, float]) -> str:
+    return ", ".join(f"{key} {1000 * value:.1f} ms" for key, value in part.items()) + " a batch"
+
+
 if __name__ == "__main__":
-    figures, details = run(torch.device("cpu"))
-    print("\n".join(figures))
-    print(details)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--breakdown", action="store_true", help="split a batch's time and print each ratio's floor")
+    if parser.parse_args().breakdown:
+        print("\n".join(breakdown(torch.device("cpu"))))
+    else:
+        figures, details = run(torch.device("cpu"))
+        print("\n".join(figures))
+        print(details)

@@ -97,3 +97,23 @@ def test_graph_benchmark_steps_run_eagerly_on_the_cpu():
         assert graph_speed.graph_count(view) == 0
     lines, _ = graph_speed.run(torch.device("cpu"))
     assert lines[0].startswith("G2 skipped")
+
+
+@pytest.mark.slow  # ~15 s: four digits epochs profiled
+def test_fast_adversary_breakdown_splits_a_batch_and_its_ratios_add_up():
+    import re
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "fast_adversary.py"), "--breakdown"],
+                          capture_output=True, text=True, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = {}
+    for row in proc.stdout.strip().splitlines():
+        name = row.split(":")[0]
+        parts[name] = [float(v) for v in re.findall(r"(\d+\.\d) ms", row)]
+        assert len(parts[name]) == 3 and all(v > 0 for v in parts[name]), row
+        if name != "default":
+            ratio, floor = (float(v) for v in re.findall(r"ratio (\d\.\d\d), with no adversary setup (\d\.\d\d)", row)[0])
+            assert ratio == pytest.approx(sum(parts[name]) / sum(parts["default"]), abs=0.011)
+            steps, _, update = parts[name]
+            assert floor == pytest.approx((steps + update) / (parts["default"][0] + parts["default"][2]), abs=0.011)
+    assert set(parts) == {"default", "F1", "F1c2", "F1rs"}
+    assert parts["default"][0] > 4 * parts["F1"][0]  # ten adversary steps against one
