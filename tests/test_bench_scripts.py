@@ -52,23 +52,28 @@ def test_method_cost_runs_on_a_fashion_fixture(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fast_steps, fast_init", [(None, None), (2, None), (2, "zero")])
-def test_method_cost_times_the_fast_adversary_beside_the_full_one(fast_steps, fast_init, tmp_path):
+@pytest.mark.parametrize("method, fast_steps, fast_init, carry_by", [
+    ("est", None, None, None), ("est", 2, None, None), ("est", 2, "zero", None), ("act", 2, None, "image")])
+def test_method_cost_times_the_fast_adversary_beside_the_full_one(method, fast_steps, fast_init, carry_by, tmp_path):
     from fixtures import make_fashion
     root = make_fashion(tmp_path / "fashion", per_class=(26, 2))
     out = tmp_path / "cost.json"
-    extra = (["--fast-steps", str(fast_steps)] if fast_steps else []) + (["--fast-init", fast_init] if fast_init else [])
+    extra = ((["--fast-steps", str(fast_steps)] if fast_steps else []) + (["--fast-init", fast_init] if fast_init else [])
+             + (["--fast-carry-by", carry_by] if carry_by else []))
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "method_cost.py"), "--root", str(root), "--steps", "4",
-                           "--batches", "1", "--warmup", "1", "--device", "cpu", "--methods", "est", "--fast", *extra,
+                           "--batches", "1", "--warmup", "1", "--device", "cpu", "--methods", method, "--fast", *extra,
                            "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    row = json.loads(out.read_text())["methods"]["est"]
+    row = json.loads(out.read_text())["methods"][method]
     steps = fast_steps or 1  # the config's one carried step unless told otherwise
     init = fast_init or "carry"  # the config's start unless told otherwise
-    assert row["fast"]["method_kwargs"] == {"init": init, "steps": steps, "step_size": pytest.approx(77 / 1020)}
+    assert row["fast"]["method_kwargs"] == {"init": init, "steps": steps, "step_size": pytest.approx(77 / 1020),
+                                            **({"carry_by": carry_by} if carry_by else {})}
     assert row["F2"] == pytest.approx(row["fast"]["step_s"] / row["step_s"], rel=0.01, abs=0.002)
     assert row["F2"] < 1  # one or two carried steps against four
-    assert f"F2est {row['F2']:.2f} 0.15      # {steps} {'carried' if init == 'carry' else 'zero-start'} step(s)" in proc.stdout
+    kind = "carried" if init == "carry" else "zero-start"
+    per_image = " (one per image)" if carry_by == "image" else ""
+    assert f"F2{method} {row['F2']:.2f} 0.15      # {steps} {kind} step(s){per_image}: fast epoch" in proc.stdout
 
 
 @pytest.mark.slow
