@@ -88,7 +88,7 @@ class TrainingAttack:
             return self.attack(model, images, context)
         if index is None or self.num_samples is None:
             raise RuntimeError("carried perturbations need the images' training-set index and the method's setup()")
-        bank = self.banks.setdefault(slot, PerturbationBank(self.num_samples, self.bound_eps, self.attack.norm))
+        bank = PerturbationBank.kept_in(self.banks, slot, self.num_samples, self.bound_eps, self.attack.norm)
         fresh = random_start(images, self.bound_eps, self.attack.norm,
                              torch.Generator(device=images.device).manual_seed(self.attack.seed))
         context.start = bank.start(images, index, fresh)

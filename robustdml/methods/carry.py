@@ -59,6 +59,13 @@ class PerturbationBank:
         self.values[index] = quanta.to(torch.int8)
         self.seen[index] = True
 
+    @classmethod
+    def kept_in(cls, banks: dict, key, num_samples: int, eps: float, norm: Norm) -> "PerturbationBank":
+        """``banks[key]``, made (empty) at its first use."""
+        if key not in banks:
+            banks[key] = cls(num_samples, eps, norm)
+        return banks[key]
+
     def state_dict(self) -> dict:
         return {"values": self.values, "seen": self.seen.clone(), "eps": self.eps}
 

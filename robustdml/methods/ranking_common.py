@@ -119,8 +119,8 @@ class RankingAdversary:
             raise RuntimeError("carried perturbations need the rows' training-set index and the method's setup()")
         if sum(len(i) for i in index) != len(x):
             raise ValueError(f"index covers {sum(len(i) for i in index)} rows of {len(x)}")
-        banks = [self.banks.setdefault(0 if self.carry_by == "image" else role,
-                                       PerturbationBank(self.num_samples, self.bound_eps, Norm.LINF))
+        banks = [PerturbationBank.kept_in(self.banks, 0 if self.carry_by == "image" else role, self.num_samples,
+                                          self.bound_eps, Norm.LINF)
                  for role in range(len(index))]
         return list(zip(banks, x.split([len(i) for i in index]), index))
 
