@@ -20,6 +20,7 @@ from .centroid import CentroidMargin
 from .displacement import EmbeddingDisplacement
 from .loss import LossAttack
 from .noise import UniformNoise
+from .optim import ascent_step
 from .registry import ATTACKS, create_attack, register_attack
 from . import ranking  # noqa: F401  (registers RobRank's attacks)
 from .ranking_base import ranking_attacks
@@ -27,6 +28,6 @@ from .retrieval import RetrievalAttack
 from .targeted import CentroidBalanced, CentroidNearest, CentroidRandom, FeatureBalanced, FeatureNearest
 from .transfer import TransferAttack
 
-__all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "parse_eps", "check_eps", "format_eps", "format_budget", "project", "random_start", "ATTACKS", "create_attack", "register_attack",
+__all__ = ["Attack", "AttackContext", "ThreatModel", "Norm", "parse_eps", "check_eps", "format_eps", "format_budget", "project", "random_start", "ascent_step", "ATTACKS", "create_attack", "register_attack",
            "EmbeddingDisplacement", "LossAttack", "CentroidMargin", "RetrievalAttack", "TransferAttack", "UniformNoise",
            "CentroidNearest", "CentroidRandom", "CentroidBalanced", "FeatureNearest", "FeatureBalanced", "ranking_attacks"]

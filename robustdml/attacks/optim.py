@@ -90,6 +90,12 @@ def _ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     return grad.sign() if norm is Norm.LINF else grad / per_sample_norm(grad).clamp_min(1e-12)
 
 
+def ascent_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, eps: float, norm: Norm,
+                step_size: float) -> torch.Tensor:
+    """One projected step of ``delta`` up ``grad`` (its sign under L∞, its direction under L2)."""
+    return project(x, delta + step_size * _ascent_direction(grad, norm), eps, norm)
+
+
 def gradient_ascent(objective: Objective, x: torch.Tensor, delta: torch.Tensor, eps: float, norm: Norm, steps: int,
                     step_size: float, adaptive: bool = False, trace: Tracer | None = None,
                     stop_when_flat: bool = False) -> torch.Tensor:
@@ -124,7 +130,7 @@ def _pgd(value_and_grad, x, delta, eps: float, norm: Norm, steps: int, step_size
     previous = None
     for i in range(steps):
         value, grad = value_and_grad(delta)
-        delta = project(x, delta + step_size * _ascent_direction(grad, norm), eps, norm)
+        delta = ascent_step(x, delta, grad, eps, norm, step_size)
         if trace:
             trace(i + 1, delta)
         if stop_when_flat:

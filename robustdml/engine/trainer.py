@@ -174,8 +174,8 @@ class Trainer(Validation, RunFiles):
                 log.info("cuda_graphs: on needs a CUDA device; training eagerly on %s", self.device.type)
             return self.model
         if not self.method.graphable:
-            log.info("the %s method, as configured, takes second derivatives, which graphed passes cannot: "
-                     "training eagerly", self.cfg.method)
+            log.info("the %s method, as configured, takes second derivatives or the update's input gradient, "
+                     "which graphed passes cannot give: training eagerly", self.cfg.method)
             return self.model
         return graphed_view(self.model)
 
@@ -252,6 +252,7 @@ class Trainer(Validation, RunFiles):
             loss = self.method.loss(self.step_model, self.loss_fn, images, labels, index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.method.after_backward()
         if self.world > 1:
             average_gradients(self.trained_parameters())
             average_buffers([self.model, self.criterion])

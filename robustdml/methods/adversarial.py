@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, check_eps, parse_eps,
-                       random_start)
+from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, ascent_step, check_eps,
+                       parse_eps, random_start)
 from ..errors import ConfigError
 from .base import TrainingMethod, TrainingSetup, register_method
 from .carry import PerturbationBank
@@ -33,11 +33,15 @@ class TrainingAttack:
     ``zero`` (the clean image) or ``carry`` (the perturbation the image's last adversary found,
     :class:`~robustdml.methods.carry.PerturbationBank`; a random start at an image's first visit).
     ``preset``: ``fgsm-rs``, one step from a random start with step 1.25·eps (it sets steps,
-    init and the step; combine it with none of them)."""
+    init and the step; combine it with none of them).
+    ``free_step``: with ``init: carry``, one more step of every carried perturbation after each
+    update, up the training loss's input gradient that the update's backward pass computes anyway
+    (gradient reuse: Shafahi et al., "Adversarial Training for Free!", arXiv 1904.12843): the
+    next visit starts one step further on, for the price of one input gradient in the update."""
 
     def __init__(self, eps: float | None = None, steps: int = 10, step_size: float | None = None,
                  objective: str = "displacement", norm: str | None = None, init: str = "random",
-                 preset: str | None = None):
+                 preset: str | None = None, free_step: bool = False):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{objective}'")
         if init not in INITS:
@@ -49,7 +53,13 @@ class TrainingAttack:
             if steps != 10 or step_size is not None or init != "random":
                 raise ConfigError(f"preset {preset} sets steps, init and the step itself: drop steps, step_size and init")
             steps, init, self.step_factor = (PRESETS[preset][k] for k in ("steps", "init", "step_factor"))
-        self.init, self.preset = init, preset
+        if free_step not in (True, False):
+            raise ConfigError(f"free_step must be true or false, got {free_step!r}")
+        if free_step and init != "carry":
+            raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
+        self.init, self.preset, self.free_step = init, preset, bool(free_step)
+        # the batch's adversarial leaves whose gradients the update fills, by slot (free_step)
+        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.banks: dict[int, PerturbationBank] = {}
         self.num_samples: int | None = None
         if not isinstance(steps, int) or steps < 1:
@@ -94,7 +104,20 @@ class TrainingAttack:
         context.start = bank.start(images, index, fresh)
         adversarial = self.attack(model, images, context)
         bank.keep(index, adversarial - images)
+        if self.free_step:  # a leaf, so that the update's backward pass leaves its gradient in .grad
+            adversarial = adversarial.detach().requires_grad_(True)
+            self.pending[slot] = (adversarial, images.detach(), index)
         return adversarial
+
+    def after_backward(self) -> None:
+        """The free step: each carried perturbation of the batch moves once more, up the gradient the
+        update's backward pass left on its adversarial image, and is kept for the image's next visit."""
+        for slot, (adversarial, images, index) in self.pending.items():
+            if adversarial.grad is not None:  # None: no member's loss used the batch
+                delta = ascent_step(images, adversarial.detach() - images, adversarial.grad, self.bound_eps,
+                                    self.attack.norm, self.attack.step_size)
+                self.banks[slot].keep(index, delta)
+        self.pending.clear()
 
     def state_dict(self) -> dict:
         return {"banks": {slot: bank.state_dict() for slot, bank in self.banks.items()}} if self.banks else {}
@@ -111,10 +134,19 @@ class AdversarialMethod(TrainingMethod):
 
     adversary: TrainingAttack
 
+    @property
+    def graphable(self) -> bool:
+        """Graphed passes cannot give the update's input gradient that the free step reuses."""
+        return not self.adversary.free_step
+
     def setup(self, run: TrainingSetup) -> None:
         if self.adversary.eps is None:  # an eps in the method's options wins over the dataset's
             self.adversary.bind(run.threat)
         self.adversary.num_samples = run.num_samples
+
+    def after_backward(self) -> None:
+        if self.adversary.free_step:
+            self.adversary.after_backward()
 
     def state_dict(self) -> dict:
         """The carried perturbations, where the adversary carries them."""
@@ -133,8 +165,8 @@ class PGDAT(AdversarialMethod):
 
     def __init__(self, eps: float | None = None, steps: int = 10, step_size: float | None = None,
                  objective: str = "displacement", norm: str | None = None, init: str = "random",
-                 preset: str | None = None):
-        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset)
+                 preset: str | None = None, free_step: bool = False):
+        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset, free_step)
 
     def loss(self, model, criterion, images, labels, index):
         return criterion(model(self.adversary(model, criterion, images, labels, index)), labels)
@@ -147,11 +179,11 @@ class TRADES(AdversarialMethod):
     name = "trades"
 
     def __init__(self, beta: float = 6.0, eps: float | None = None, steps: int = 10, step_size: float | None = None,
-                 norm: str | None = None, init: str = "random", preset: str | None = None):
+                 norm: str | None = None, init: str = "random", preset: str | None = None, free_step: bool = False):
         if beta < 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
         self.beta = beta
-        self.adversary = TrainingAttack(eps, steps, step_size, "displacement", norm, init, preset)
+        self.adversary = TrainingAttack(eps, steps, step_size, "displacement", norm, init, preset, free_step)
 
     def loss(self, model, criterion, images, labels, index):
         clean = model(images)

@@ -38,7 +38,8 @@ class TrainingMethod(ABC):
     name: ClassVar[str]
 
     #: whether the training step may replay this method's model passes from CUDA graphs
-    #: (:mod:`robustdml.models.graphed`); False for a method that takes second derivatives
+    #: (:mod:`robustdml.models.graphed`); False for a method that takes second derivatives or reuses
+    #: the update's input gradient
     graphable: bool = True
 
     def build_model(self, make_model: Callable[[], nn.Module]) -> nn.Module:
@@ -55,6 +56,9 @@ class TrainingMethod(ABC):
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups for the method's own trainable parameters (beyond the model's and the loss's)."""
         return []
+
+    def after_backward(self) -> None:
+        """Called after each update's backward pass, before the optimiser step (gradients in place)."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch (0-based), e.g. for a schedule of the method's own."""

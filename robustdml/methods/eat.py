@@ -80,7 +80,7 @@ class EAT(AdversarialMethod):
         diversity: ``"none"`` (default) or ``"gal"``: ``diversity_weight`` (default 0.5) times the
             gradient-alignment penalty between the members' input gradients on the clean batch.
         combine: ensemble embedding, ``"mean"`` (default) or ``"concat"``.
-        eps, steps, step_size, objective, norm, init, preset: the training attack, as for ``pgd-at``
+        eps, steps, step_size, objective, norm, init, preset, free_step: the training attack, as for ``pgd-at``
             (with ``transfer: self`` or ``cross`` and ``init: carry`` each member carries its own perturbations).
         batched: how the ensemble-crafted attack runs the members — ``"on"``: as one vmapped module
             (:class:`~robustdml.models.batched.BatchedEnsemble`: one kernel launch per layer for all
@@ -99,7 +99,7 @@ class EAT(AdversarialMethod):
                  step_size: float | None = None, objective: str = "displacement", norm: str | None = None,
                  init: str = "random", preset: str | None = None, batched: str = "auto", distill: float = 0.0,
                  distill_target: str = "clean", diversity: str = "none", diversity_weight: float = 0.5,
-                 bn: str = "own"):
+                 bn: str = "own", free_step: bool = False):
         if int(members) != members or members < 1:
             raise ConfigError(f"members (N) must be a whole number >= 1, got {members}")
         ppm = parts_per_member if parts_per_member is not None else max(members - 1, 1)
@@ -124,7 +124,6 @@ class EAT(AdversarialMethod):
                               "the one ensemble-crafted batch, so it needs transfer: ensemble")
         self.distill, self.distill_target, self.bn = float(distill), distill_target, bn
         self.diversity_weight = float(diversity_weight) if diversity == "gal" else 0.0
-        self.graphable = not self.diversity_weight  # GAL differentiates input gradients: no graphed passes
         if combine not in EnsembleNet.COMBINES:
             raise ConfigError(f"combine must be one of {', '.join(EnsembleNet.COMBINES)}, not '{combine}'")
         batched = switch(batched)
@@ -132,9 +131,14 @@ class EAT(AdversarialMethod):
             raise ConfigError(f"batched must be one of {', '.join(BATCHED)}, not '{batched}'")
         self.members, self.parts_per_member, self.batched = int(members), int(ppm), batched
         self.split, self.transfer, self.combine = split, transfer, combine
-        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset)
+        self.adversary = TrainingAttack(eps, steps, step_size, objective, norm, init, preset, free_step)
         self.part_of: torch.Tensor | None = None
         self.parts = member_parts(self.members, self.parts_per_member)
+
+    @property
+    def graphable(self) -> bool:
+        """GAL differentiates input gradients, the free step reuses the update's: neither runs graphed."""
+        return not self.diversity_weight and not self.adversary.free_step
 
     def build_model(self, make_model):
         model = EnsembleNet([make_model() for _ in range(self.members)], combine=self.combine)

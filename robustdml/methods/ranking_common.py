@@ -45,6 +45,8 @@ class RankingAdversary:
     """The training adversary of RobRank's defences: maximises ``objective(x')`` (a per-row value;
     the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
 
+    free_step = False  # the free step (TrainingAttack's) is not offered: these objectives are not the loss's
+
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
                  init: str = "zero", carry_by: str = "role"):
         if init not in ("zero", "carry"):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdml.attacks import Norm, ThreatModel
+from robustdml.attacks import Norm, ThreatModel, project
 from robustdml.engine import config_from_dict, train
 from robustdml.engine.checkpoint import load_checkpoint
 from robustdml.errors import ConfigError
@@ -102,6 +102,46 @@ def test_the_default_adversary_is_unchanged():
     assert torch.equal(a, b) and not after.banks
 
 
+@pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
+def test_the_free_step_moves_a_carried_perturbation_up_the_updates_gradient(norm):
+    """After the update's backward pass, each image's kept perturbation is one more projected step up
+    the gradient that pass left on its adversarial image: inside the budget and [0, 1]."""
+    model, eps, step = Net().eval(), 0.2, 0.05
+    x = torch.rand(8, 1, 8, 8) * 0.6 + 0.2
+    x[0] = 1.0  # at the top of the range
+    index = torch.tensor([9, 2, 4, 6, 8, 1, 3, 5])
+    adversary = TrainingAttack(eps=eps, steps=1, step_size=step, norm=norm.value, init="carry", free_step=True)
+    adversary.num_samples = 10
+    adversarial = adversary(model, None, x, None, index)
+    assert adversarial.requires_grad and adversarial.is_leaf
+    model(adversarial)[:, :3].sum().backward()  # a stand-in for the update's loss
+    expected = project(x, adversarial.detach() - x, eps, norm)
+    direction = adversarial.grad.sign() if norm is Norm.LINF else adversarial.grad / adversarial.grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    expected = project(x, expected + step * direction, eps, norm)
+    before = adversary.banks[0].start(x, index, torch.zeros_like(x))
+    adversary.after_backward()
+    kept = adversary.banks[0].start(x, index, torch.zeros_like(x))
+    assert (kept - expected).abs().max() <= eps / QUANTA + 1e-6
+    assert (kept - before).flatten(1).norm(dim=1).max() > step / 2  # it did move
+    assert ((x + kept) >= 0).all() and ((x + kept) <= 1).all() and not adversary.pending
+    if norm is Norm.LINF:
+        assert kept.abs().max() <= eps + 1e-7
+    else:
+        assert kept.flatten(1).norm(dim=1).max() <= eps * (1 + 1e-3)
+
+
+def test_the_free_step_needs_carried_perturbations_and_eager_passes():
+    with pytest.raises(ConfigError, match="needs init: carry"):
+        create_method("pgd-at", free_step=True)
+    with pytest.raises(ConfigError, match="needs init: carry"):
+        create_method("eat", preset="fgsm-rs", free_step=True)
+    with pytest.raises(ConfigError, match="free_step must be true or false"):
+        create_method("trades", init="carry", free_step="yes")
+    assert create_method("pgd-at", init="carry").graphable and create_method("eat").graphable
+    assert not create_method("pgd-at", init="carry", free_step=True).graphable
+    assert not create_method("eat", init="carry", free_step=True).graphable
+
+
 def _resumed_and_uninterrupted(base: dict, tmp_path):
     """Checkpoints of 2 epochs trained as 1 + --resume 1, and in one go; their weights must be equal."""
     train(config_from_dict({**base, "epochs": 1}), tmp_path / "a", progress=False)
@@ -115,6 +155,7 @@ def _resumed_and_uninterrupted(base: dict, tmp_path):
 
 @pytest.mark.parametrize("method,options", [
     ("pgd-at", {"init": "carry", "steps": 1}),
+    ("pgd-at", {"init": "carry", "steps": 1, "free_step": True}),
     # three members, each carrying its own: with the slow tests (~30 s)
     pytest.param("eat", {"init": "carry", "steps": 1, "transfer": "self"}, marks=pytest.mark.slow),
     # the readings of self-transfer: cross-crafted carried examples, distillation, the GAL penalty

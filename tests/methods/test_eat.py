@@ -231,3 +231,21 @@ def test_shared_batchnorm_without_batchnorm_is_a_config_error():
     method = create_method("eat", eps=0.1, steps=1, bn="shared")
     with pytest.raises(ConfigError, match="no BatchNorm"):  # refused when the ensemble is built
         method.build_model(lambda: create_model("c2f2", embedding_dim=8))  # C2F2 has no BatchNorm
+
+
+@pytest.mark.parametrize("transfer", ["ensemble", "self"])
+def test_the_free_step_moves_every_carried_perturbation_the_members_losses_reach(transfer):
+    """With ``free_step``, after the update's backward pass each bank's perturbations move up the
+    gradient of the members' losses: the ensemble's one bank, or each member's own."""
+    method, model, criterion, x, y, index = _setup(transfer, steps=1, init="carry", free_step=True)
+    method.loss(model, criterion, x, y, index).backward()
+    slots = sorted(method.adversary.pending)
+    assert slots == ([0] if transfer == "ensemble" else [0, 1, 2])
+    before = {s: method.adversary.banks[s].values.clone() for s in slots}
+    method.after_backward()
+    for s in slots:
+        bank = method.adversary.banks[s]
+        moved = (bank.values != before[s]).flatten(1).any(1)
+        assert moved[bank.seen].float().mean() > 0.9  # (a pixel at the budget's edge may stay)
+        assert bank.values.abs().max() <= 127
+    assert not method.adversary.pending
