@@ -3,7 +3,9 @@
 (Trainer.train_epoch) on the built-in digits data. Also printed over the same default: the
 carried two-step adversary's epoch (`F1c2`; a step of eps/4 or eps/2 costs the same), the
 FGSM-RS preset's (`F1rs`) and the carried one-step adversary's with the free step (`F1free`:
-a second step per visit from the update's own input gradient).
+a second step per visit from the update's own input gradient), and with the training loss as the
+adversary's objective, which needs no clean forward pass: the carried step alone (`F1loss`) and
+with the free step (`F1freeloss`; two carried steps: `F1c2freeloss`).
 
 What the fast adversary saves is its steps: 2 passes per image (one adversary step, one update)
 against 11, so about 0.2 is the floor; the robustness it keeps is measured in
@@ -33,23 +35,33 @@ TARGET = 0.30
 
 #: figure name -> the fast adversary's options, each timed against the 10-step default
 FAST = {"F1": {"init": "carry", "steps": 1}, "F1c2": {"init": "carry", "steps": 2}, "F1rs": {"preset": "fgsm-rs"},
-        "F1free": {"init": "carry", "steps": 1, "free_step": True}}
+        "F1free": {"init": "carry", "steps": 1, "free_step": True},
+        "F1loss": {"init": "carry", "steps": 1, "objective": "loss"},
+        "F1freeloss": {"init": "carry", "steps": 1, "free_step": True, "objective": "loss"},
+        "F1c2freeloss": {"init": "carry", "steps": 2, "free_step": True, "objective": "loss"}}
 
 
-def base_config(device: torch.device) -> dict:
-    """The `pgd-at` run on digits both figures time (the 10-step default unless options are added)."""
+def base_config(device: torch.device, method: str = "pgd-at") -> dict:
+    """The run on digits every figure times (the 10-step default unless options are added)."""
     return {"dataset": "digits", "embedding_dim": 64, "batch_size": 64, "robust_eval": False, "epochs": 2,
-            "device": device.type, "method": "pgd-at"}
+            "device": device.type, "method": method}
 
 
-def run(device: torch.device) -> tuple[list[str], dict]:
-    base = base_config(device)
-    figures, details = [], {"model": "small-cnn", "data": "digits train (899 images, 14 batches of 64)"}
+def run(device: torch.device, method: str = "pgd-at", repeats: int = 7,
+        settings: list[str] | None = None) -> tuple[list[str], dict]:
+    """Each fast setting's epoch over the default's; for a method other than `pgd-at` (whose ratios
+    are the F1 figures) each name carries the method's, e.g. `F1freeloss-eat`."""
+    base = base_config(device, method)
+    figures, details = [], {"model": "small-cnn", "method": method,
+                            "data": "digits train (899 images, 14 batches of 64)"}
     with tempfile.TemporaryDirectory() as tmp:
         default = Trainer(config_from_dict(base), f"{tmp}/default", progress=False)
         for name, options in FAST.items():
+            if settings and name not in settings:
+                continue
             fast = Trainer(config_from_dict({**base, "method_kwargs": options}), f"{tmp}/{name}", progress=False)
-            t_fast, t_default = compare(lambda: fast.train_epoch(0), lambda: default.train_epoch(0), device, repeats=7)
+            t_fast, t_default = compare(lambda: fast.train_epoch(0), lambda: default.train_epoch(0), device, repeats=repeats)
+            name = name if method == "pgd-at" else f"{name}-{method}"
             figures.append(line(name, t_fast / t_default, TARGET))
             details[name] = {"options": options, "fast_epoch_s": round(t_fast, 3), "default_epoch_s": round(t_default, 3)}
     return figures, details
@@ -98,9 +110,14 @@ def _ms(part: dict[str, float]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--breakdown", action="store_true", help="split a batch's time and print each ratio's floor")
-    if parser.parse_args().breakdown:
+    parser.add_argument("--method", choices=("pgd-at", "eat"), default="pgd-at",
+                        help="time these settings for this method against its own 10-step default (default: pgd-at, F1)")
+    parser.add_argument("--settings", nargs="+", choices=list(FAST), metavar="NAME",
+                        help=f"time only these settings (default: every one: {', '.join(FAST)})")
+    args = parser.parse_args()
+    if args.breakdown:
         print("\n".join(breakdown(torch.device("cpu"))))
     else:
-        figures, details = run(torch.device("cpu"))
+        figures, details = run(torch.device("cpu"), args.method, settings=args.settings)
         print("\n".join(figures))
         print(details)

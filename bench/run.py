@@ -30,7 +30,7 @@ BENCHMARKS = [attack_speed, training_speed, eat_speed, fast_adversary, graph_spe
               session_reuse, eval_scale]
 #: reduced sizes for --quick: the same figures, noisier, in minutes
 QUICK = {attack_speed: {"steps": 3, "batch": 8, "size": 32}, training_speed: {"steps": 3, "batch": 8, "size": 32, "layout_batch": 64},
-         eat_speed: {"steps": 2}, graph_speed: {"steps": 4}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
+         eat_speed: {"steps": 2}, fast_adversary: {"repeats": 3}, graph_speed: {"steps": 4}, eval_speed: {"n": 10_000}, ranking_speed: {"batch": 8, "database": 2_000},
          session_reuse: {"images": 1_000}, eval_scale: {"images": 1_500}}
 
 

@@ -104,9 +104,11 @@ def test_graph_benchmark_steps_run_eagerly_on_the_cpu():
     assert lines[0].startswith("G2 skipped")
 
 
-@pytest.mark.slow  # ~15 s: four digits epochs profiled
+@pytest.mark.slow  # ~30 s: sixteen digits epochs profiled
 def test_fast_adversary_breakdown_splits_a_batch_and_its_ratios_add_up():
     import re
+    sys.path.insert(0, str(SCRIPT.parent))
+    import fast_adversary
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "fast_adversary.py"), "--breakdown"],
                           capture_output=True, text=True, cwd=SCRIPT.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -120,5 +122,15 @@ def test_fast_adversary_breakdown_splits_a_batch_and_its_ratios_add_up():
             assert ratio == pytest.approx(sum(parts[name]) / sum(parts["default"]), abs=0.011)
             steps, _, update = parts[name]
             assert floor == pytest.approx((steps + update) / (parts["default"][0] + parts["default"][2]), abs=0.011)
-    assert set(parts) == {"default", "F1", "F1c2", "F1rs"}
+    assert set(parts) == {"default", *fast_adversary.FAST}
     assert parts["default"][0] > 4 * parts["F1"][0]  # ten adversary steps against one
+
+
+@pytest.mark.slow  # ~20 s: eight digits epochs of a 3-member ensemble
+def test_fast_adversary_times_the_chosen_settings_for_eat():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import fast_adversary
+
+    lines, details = fast_adversary.run(torch.device("cpu"), "eat", repeats=1, settings=["F1freeloss"])
+    assert len(lines) == 1 and lines[0].startswith("F1freeloss-eat ") and details["method"] == "eat"
+    assert 0 < details["F1freeloss-eat"]["fast_epoch_s"] < details["F1freeloss-eat"]["default_epoch_s"]
