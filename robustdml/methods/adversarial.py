@@ -103,20 +103,24 @@ class TrainingAttack:
                              torch.Generator(device=images.device).manual_seed(self.attack.seed))
         context.start = bank.start(images, index, fresh)
         adversarial = self.attack(model, images, context)
-        bank.keep(index, adversarial - images)
-        if self.free_step:  # a leaf, so that the update's backward pass leaves its gradient in .grad
-            adversarial = adversarial.detach().requires_grad_(True)
-            self.pending[slot] = (adversarial, images.detach(), index)
+        if not self.free_step:
+            bank.keep(index, adversarial - images)
+            return adversarial
+        # kept by after_backward, one step further on: a leaf, so that the update's backward pass
+        # leaves its gradient in .grad
+        adversarial = adversarial.detach().requires_grad_(True)
+        self.pending[slot] = (adversarial, images.detach(), index)
         return adversarial
 
     def after_backward(self) -> None:
         """The free step: each carried perturbation of the batch moves once more, up the gradient the
         update's backward pass left on its adversarial image, and is kept for the image's next visit."""
         for slot, (adversarial, images, index) in self.pending.items():
-            if adversarial.grad is not None:  # None: no member's loss used the batch
-                delta = ascent_step(images, adversarial.detach() - images, adversarial.grad, self.bound_eps,
-                                    self.attack.norm, self.attack.step_size)
-                self.banks[slot].keep(index, delta)
+            delta = adversarial.detach() - images
+            if adversarial.grad is not None:  # None: no member's loss used the batch, which is kept as found
+                delta = ascent_step(images, delta, adversarial.grad, self.bound_eps, self.attack.norm,
+                                    self.attack.step_size)
+            self.banks[slot].keep(index, delta)
         self.pending.clear()
 
     def state_dict(self) -> dict:

@@ -118,7 +118,7 @@ def test_the_free_step_moves_a_carried_perturbation_up_the_updates_gradient(norm
     expected = project(x, adversarial.detach() - x, eps, norm)
     direction = adversarial.grad.sign() if norm is Norm.LINF else adversarial.grad / adversarial.grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     expected = project(x, expected + step * direction, eps, norm)
-    before = adversary.banks[0].start(x, index, torch.zeros_like(x))
+    before = adversarial.detach() - x  # what the visit's own step found
     adversary.after_backward()
     kept = adversary.banks[0].start(x, index, torch.zeros_like(x))
     assert (kept - expected).abs().max() <= eps / QUANTA + 1e-6
