@@ -24,13 +24,15 @@ class ACT(RankingDefence):
         eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
         carry_by: with ``init: carry``, ``role`` (an image carries one perturbation as a positive and
             another as a negative) or ``image`` (one, whatever its role; ours, docs/design-choices.md).
+        free_step: with ``init: carry``, one more step of each carried perturbation after the update,
+            up the triplet loss's input gradient (ours).
     """
 
     name = "act"
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 init: str = "zero", carry_by: str = "role"):
-        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by)
+                 init: str = "zero", carry_by: str = "role", free_step: bool = False):
+        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by, free_step)
 
     def loss(self, model, criterion, images, labels, index):
         triplets = anchors, positives, negatives = mine_triplets(labels)

@@ -53,7 +53,7 @@ class TrainingAttack:
             if steps != 10 or step_size is not None or init != "random":
                 raise ConfigError(f"preset {preset} sets steps, init and the step itself: drop steps, step_size and init")
             steps, init, self.step_factor = (PRESETS[preset][k] for k in ("steps", "init", "step_factor"))
-        if free_step not in (True, False):
+        if not isinstance(free_step, bool):
             raise ConfigError(f"free_step must be true or false, got {free_step!r}")
         if free_step and init != "carry":
             raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")

@@ -37,14 +37,16 @@ class EST(RankingDefence):
             toward one fixed direction; see the module's text). Default off: a random first step.
         init: ``zero`` (RobRank's: every batch from the clean images) or ``carry`` (ours: from each
             image's perturbation of its last visit; docs/design-choices.md).
+        free_step: with ``init: carry``, one more step of each carried perturbation after the update,
+            up the training loss's input gradient (ours).
     """
 
     name = "est"
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 robrank_compat: bool = False, init: str = "zero"):
+                 robrank_compat: bool = False, init: str = "zero", free_step: bool = False):
         self.robrank_compat = flag("robrank_compat", robrank_compat)
-        self.adversary = RankingAdversary(eps, steps, step_size, init)
+        self.adversary = RankingAdversary(eps, steps, step_size, init, free_step=free_step)
 
     def loss(self, model, criterion, images, labels, index):
         if self.adversary.bound_eps == 0:

@@ -59,19 +59,21 @@ class HM(RankingDefence):
         eps, steps, step_size, init: the adversary, as for ``est`` (RobRank's defaults).
         carry_by: with ``init: carry``, ``role`` (one perturbation of an image per role: anchor,
             positive, negative) or ``image`` (one, whatever its role; ours).
+        free_step: with ``init: carry``, one more step of each carried perturbation after the update,
+            up the training loss's input gradient (ours).
     """
 
     name = "hm"
 
     def __init__(self, destination: str = "gradual", ics: bool = True, ics_weight: float = 0.5,
                  eps: float | None = None, steps: int = 32, step_size: float | None = None, init: str = "zero",
-                 carry_by: str = "role"):
+                 carry_by: str = "role", free_step: bool = False):
         if destination not in DESTINATIONS:
             raise ConfigError(f"destination must be one of {', '.join(DESTINATIONS)}, not '{destination}'")
         if not isinstance(ics_weight, (int, float)) or ics_weight < 0:
             raise ConfigError(f"ics_weight must be a number >= 0, got {ics_weight!r}")
         self.destination, self.ics, self.ics_weight = destination, flag("ics", ics), float(ics_weight)
-        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by)
+        self.adversary = RankingAdversary(eps, steps, step_size, init, carry_by, free_step)
         self.previous_loss = 2.0
 
     def state_dict(self) -> dict:

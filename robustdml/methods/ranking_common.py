@@ -3,7 +3,9 @@ triplets they perturb.
 
 The adversary is RobRank's: L∞ signed-gradient PGD from the clean images (no random start), the
 model in eval mode, 32 steps (``init: carry``, ours: from each image's perturbation of its last
-visit, one per role it was perturbed in, or with ``carry_by: image`` one whatever its role); eps
+visit, one per role it was perturbed in, or with ``carry_by: image`` one whatever its role; with
+``free_step``, ours too, each carried perturbation takes one more signed step after the update, up
+the training loss's input gradient that the update's backward pass computes anyway); eps
 from the dataset's threat model (77/255 on Fashion-MNIST, 8/255 on the 224-pixel datasets) and
 RobRank's step for it (3/255 for its 28-pixel budget, 1/255 for its 224-pixel one; ours: 3/255
 whenever eps exceeds 16/255).
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import Norm, ThreatModel, check_eps, parse_eps
+from ..attacks import Norm, ThreatModel, ascent_step, check_eps, parse_eps
 from ..attacks.optim import gradient_ascent
 from ..errors import ConfigError
 from ..losses import PairTripletLoss
@@ -43,19 +45,28 @@ def robrank_step(eps: float) -> float:
 
 class RankingAdversary:
     """The training adversary of RobRank's defences: maximises ``objective(x')`` (a per-row value;
-    the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images."""
+    the PGD uses its sum) over the L∞ ball by signed gradient steps from the clean images.
 
-    free_step = False  # the free step (TrainingAttack's) is not offered: these objectives are not the loss's
+    ``free_step`` (with ``init: carry``): the adversarial rows are returned as a leaf, and after the
+    update's backward pass (:meth:`after_backward`) each carried perturbation takes one more signed
+    step of the adversary's size up the gradient that pass left on it — the training loss's, not the
+    adversary's own objective — before it is kept for the image's next visit."""
 
     def __init__(self, eps: float | None = None, steps: int = 32, step_size: float | None = None,
-                 init: str = "zero", carry_by: str = "role"):
+                 init: str = "zero", carry_by: str = "role", free_step: bool = False):
         if init not in ("zero", "carry"):
             raise ConfigError(f"init must be zero (RobRank's: from the clean images) or carry, not '{init}'")
         if carry_by not in CARRY_BY:
             raise ConfigError(f"carry_by must be one of {', '.join(CARRY_BY)}, not '{carry_by}'")
         if carry_by != "role" and init != "carry":
             raise ConfigError("carry_by says how carried perturbations are kept: it needs init: carry")
-        self.init, self.carry_by, self.num_samples = init, carry_by, None
+        if not isinstance(free_step, bool):
+            raise ConfigError(f"free_step must be true or false, got {free_step!r}")
+        if free_step and init != "carry":
+            raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
+        self.init, self.carry_by, self.num_samples, self.free_step = init, carry_by, None, bool(free_step)
+        # the batch's adversarial leaf, its clean rows and their (bank, positions) per role (free_step)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
         # one per role of the perturbed rows (e.g. positive, negative), or one for all (carry_by: image)
         self.banks: dict[int, PerturbationBank] = {}
         eps = None if eps is None else check_eps(parse_eps(eps), Norm.LINF)
@@ -108,10 +119,29 @@ class RankingAdversary:
         with eval_mode(model):
             delta = gradient_ascent(lambda adversarial: objective(model(adversarial)), x, start,
                                     self.bound_eps, Norm.LINF, self.steps, self.step, stop_when_flat=stop_when_flat)
+        if self.free_step:  # kept by after_backward, one step further on
+            adversarial = (x + delta).detach().requires_grad_(True)
+            self.pending.append((adversarial, x, [(bank, i) for bank, _, i in roles]))
+            return adversarial
         if roles:
-            for (bank, _, i), kept in zip(roles, delta.split([len(i) for _, _, i in roles])):
-                bank.keep(i, kept)
+            self._keep([(bank, i) for bank, _, i in roles], delta)
         return (x + delta).detach()
+
+    def after_backward(self) -> None:
+        """The free step: each carried perturbation of the batch moves once more, up the gradient
+        the update's backward pass left on its adversarial rows, and is kept for the next visit."""
+        for adversarial, x, kept_in in self.pending:
+            delta = adversarial.detach() - x
+            if adversarial.grad is not None:  # None: the loss did not use the rows, kept as found
+                delta = ascent_step(x, delta, adversarial.grad, self.bound_eps, Norm.LINF, self.step)
+            self._keep(kept_in, delta)
+        self.pending.clear()
+
+    @staticmethod
+    def _keep(kept_in: list, delta: torch.Tensor) -> None:
+        """Store each role's rows of ``delta`` in its bank, at their training-set positions."""
+        for (bank, i), kept in zip(kept_in, delta.split([len(i) for _, i in kept_in])):
+            bank.keep(i, kept)
 
     def _roles(self, x: torch.Tensor, index: list[torch.Tensor] | None) -> list:
         """(bank, rows, their training-set positions) per role, with ``init: carry``; else none."""

@@ -239,3 +239,55 @@ def test_ranking_defence_resume_with_carried_perturbations_is_bit_identical(meth
     for role in banks_b:
         assert torch.equal(banks_a[role]["values"], banks_b[role]["values"])
         assert banks_b[role]["seen"].any()
+
+
+def test_the_ranking_defences_free_step_moves_each_role_up_the_updates_gradient():
+    """RobRank's adversary with free_step returns its rows as a leaf; after the update's backward
+    pass each role's kept perturbation is one more signed step up the gradient left on its rows,
+    inside eps and [0, 1], and kept in that role's bank."""
+    from robustdml.methods.ranking_common import RankingAdversary, roles
+    model, eps, step = Net().eval(), 0.2, 0.05
+    x = torch.rand(8, 1, 8, 8) * 0.6 + 0.2
+    x[0] = 1.0  # at the top of the range
+    index = torch.tensor([9, 2, 4, 6, 8, 1, 3, 5])
+    positives, negatives = torch.arange(4), torch.arange(4, 8)
+    adversary = RankingAdversary(eps=eps, steps=1, step_size=step, init="carry", free_step=True)
+    adversary.num_samples = 10
+    adversarial = adversary(model, x, lambda emb: emb.sum(1), index=roles(index, positives, negatives))
+    assert adversarial.requires_grad and adversarial.is_leaf and not adversary.banks[0].seen.any()
+    model(adversarial)[:, :3].sum().backward()  # a stand-in for the update's loss
+    before = adversarial.detach() - x  # what the visit's own step found
+    expected = project(x, before + step * adversarial.grad.sign(), eps, Norm.LINF)
+    adversary.after_backward()
+    assert not adversary.pending
+    for role, rows in enumerate((positives, negatives)):
+        kept = adversary.banks[role].start(x[rows], index[rows], torch.zeros_like(x[rows]))
+        assert (kept - expected[rows]).abs().max() <= eps / QUANTA + 1e-6
+        assert (kept - before[rows]).abs().amax(dim=(1, 2, 3)).min() > step / 2  # every row moved
+        assert ((x[rows] + kept) >= 0).all() and ((x[rows] + kept) <= 1).all() and kept.abs().max() <= eps + 1e-7
+
+
+def test_the_ranking_defences_free_step_needs_carried_perturbations_and_eager_passes():
+    for method in ("est", "act", "hm"):
+        with pytest.raises(ConfigError, match="needs init: carry"):
+            create_method(method, free_step=True)
+        with pytest.raises(ConfigError, match="free_step must be true or false"):
+            create_method(method, init="carry", free_step=1)
+        assert create_method(method, init="carry").graphable
+        assert not create_method(method, init="carry", free_step=True).graphable
+
+
+@pytest.mark.parametrize("method", ["act", pytest.param("hm", marks=pytest.mark.slow)])
+def test_ranking_defence_free_step_trains_and_resumes_bit_identically(method, tmp_path):
+    """The free step through the trainer (its after_backward hook): the banks move past what the
+    visits' own steps give and --resume repeats the run exactly."""
+    base = {**FAST, "method": method, "method_kwargs": {"init": "carry", "steps": 1, "free_step": True}}
+    a, b = _resumed_and_uninterrupted(base, tmp_path)
+    plain = {**base, "method_kwargs": {"init": "carry", "steps": 1}}
+    train(config_from_dict(plain), tmp_path / "c", progress=False)
+    c = load_checkpoint(tmp_path / "c" / "checkpoint.pt")
+    banks_a, banks_b, banks_c = (ck["method"]["adversary"]["banks"] for ck in (a, b, c))
+    assert set(banks_a) == set(banks_b) == set(banks_c)
+    for role in banks_b:
+        assert torch.equal(banks_a[role]["values"], banks_b[role]["values"])
+        assert not torch.equal(banks_b[role]["values"], banks_c[role]["values"])
