@@ -21,6 +21,7 @@ for each, the moment it is measured:
     python bench/method_cost.py --fast --fast-steps 2 --methods act    # two carried steps per visit
     python bench/method_cost.py --fast --fast-steps 2 --fast-init zero --methods act   # two steps from the clean images
     python bench/method_cost.py --fast --fast-steps 3 --fast-carry-by image --methods act   # one perturbation per image
+    python bench/method_cost.py --fast --fast-steps 3 --fast-free --methods act   # and the free step after each update
 
 With ``--graphs on`` (a CUDA device), every trainer replays its model passes from CUDA graphs
 (``cuda_graphs``, robustdml/models/graphed.py): the epochs the grids would cost with the graphed step.
@@ -66,12 +67,14 @@ def method_kwargs(method: str, steps: int, batched: str = "auto") -> dict:
     return {"members": 3, "steps": steps, "step_size": STEP_3_255, "batched": batched}
 
 
-def fast_kwargs(method: str, steps: int | None = None, init: str | None = None, carry_by: str | None = None) -> dict:
+def fast_kwargs(method: str, steps: int | None = None, init: str | None = None, carry_by: str | None = None,
+                free_step: bool | None = None) -> dict:
     """The fast training adversary of configs/benchmark-fashion-cpu-fast.yaml; ``steps`` replaces its
     carried steps per visit (the same step size), ``init`` its start (``zero``: from the clean images),
-    ``carry_by`` how RobRank's defences keep carried perturbations (``image``: one whatever the role)."""
+    ``carry_by`` how RobRank's defences keep carried perturbations (``image``: one whatever the role),
+    ``free_step`` adds a step after each update up its input gradient."""
     kwargs = dict(read_yaml(FAST)["method_kwargs"].get(method, {}))
-    for key, value in (("steps", steps), ("init", init), ("carry_by", carry_by)):
+    for key, value in (("steps", steps), ("init", init), ("carry_by", carry_by), ("free_step", free_step)):
         if value is not None:
             kwargs[key] = value
     return kwargs
@@ -98,7 +101,7 @@ def measure(method: str, args, tmp: str) -> dict:
     the two trainers' steps alternated on the same batches so that drift hits both."""
     trainers = {"full": trainer_for(method, method_kwargs(method, args.steps, args.eat_batched), args, f"{tmp}/{method}")}
     if args.fast and method != "standard":
-        fast = fast_kwargs(method, args.fast_steps, args.fast_init, args.fast_carry_by)  # read once: the adversary timed is the one recorded
+        fast = fast_kwargs(method, args.fast_steps, args.fast_init, args.fast_carry_by, args.fast_free or None)  # read once: the adversary timed is the one recorded
         batched = {"batched": args.eat_batched} if method == "eat" else {}
         trainers["fast"] = trainer_for(method, {**fast, **batched}, args, f"{tmp}/{method}-fast")
     batches = list(itertools.islice(iter(trainers["full"].loader), args.warmup + args.batches))
@@ -139,6 +142,8 @@ def main() -> int:
                    help="with --fast: where the steps start instead of the config's (carry); zero: the clean images")
     p.add_argument("--fast-carry-by", choices=("role", "image"),
                    help="with --fast, for act and hm: one carried perturbation per role (the config's) or per image")
+    p.add_argument("--fast-free", action="store_true",
+                   help="with --fast: the free step after each update (free_step: true; carried steps only)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -152,7 +157,8 @@ def main() -> int:
                 fast = row["fast"]["method_kwargs"]
                 print(f"F2{method} {row['F2']:.2f} {F2_TARGET:.2f}      # {fast['steps']} "
                       f"{'carried' if fast.get('init') == 'carry' else 'zero-start'} step(s)"
-                      f"{' (one per image)' if fast.get('carry_by') == 'image' else ''}: fast epoch {row['fast']['epoch_s'] / 60:.2f} min, "
+                      f"{' (one per image)' if fast.get('carry_by') == 'image' else ''}"
+                      f"{' + the free step' if fast.get('free_step') else ''}: fast epoch {row['fast']['epoch_s'] / 60:.2f} min, "
                       f"{args.steps}-step {row['epoch_s'] / 60:.2f} min", flush=True)
     base = results.get("standard", {}).get("epoch_s")
     for row in results.values():

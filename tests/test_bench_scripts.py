@@ -52,14 +52,16 @@ def test_method_cost_runs_on_a_fashion_fixture(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, fast_steps, fast_init, carry_by", [
-    ("est", None, None, None), ("est", 2, None, None), ("est", 2, "zero", None), ("act", 2, None, "image")])
-def test_method_cost_times_the_fast_adversary_beside_the_full_one(method, fast_steps, fast_init, carry_by, tmp_path):
+@pytest.mark.parametrize("method, fast_steps, fast_init, carry_by, free", [
+    ("est", None, None, None, False), ("est", 2, None, None, False), ("est", 2, "zero", None, False),
+    ("act", 2, None, "image", False), ("act", 3, None, None, True)])
+def test_method_cost_times_the_fast_adversary_beside_the_full_one(method, fast_steps, fast_init, carry_by, free,
+                                                                   tmp_path):
     from fixtures import make_fashion
     root = make_fashion(tmp_path / "fashion", per_class=(26, 2))
     out = tmp_path / "cost.json"
     extra = ((["--fast-steps", str(fast_steps)] if fast_steps else []) + (["--fast-init", fast_init] if fast_init else [])
-             + (["--fast-carry-by", carry_by] if carry_by else []))
+             + (["--fast-carry-by", carry_by] if carry_by else []) + (["--fast-free"] if free else []))
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "method_cost.py"), "--root", str(root), "--steps", "4",
                            "--batches", "1", "--warmup", "1", "--device", "cpu", "--methods", method, "--fast", *extra,
                            "--json", str(out)], capture_output=True, text=True)
@@ -68,12 +70,14 @@ def test_method_cost_times_the_fast_adversary_beside_the_full_one(method, fast_s
     steps = fast_steps or 1  # the config's one carried step unless told otherwise
     init = fast_init or "carry"  # the config's start unless told otherwise
     assert row["fast"]["method_kwargs"] == {"init": init, "steps": steps, "step_size": pytest.approx(77 / 1020),
-                                            **({"carry_by": carry_by} if carry_by else {})}
+                                            **({"carry_by": carry_by} if carry_by else {}),
+                                            **({"free_step": True} if free else {})}
     assert row["F2"] == pytest.approx(row["fast"]["step_s"] / row["step_s"], rel=0.01, abs=0.002)
-    assert row["F2"] < 1  # one or two carried steps against four
+    assert row["F2"] < 1  # one to three carried steps against four
     kind = "carried" if init == "carry" else "zero-start"
     per_image = " (one per image)" if carry_by == "image" else ""
-    assert f"F2{method} {row['F2']:.2f} 0.15      # {steps} {kind} step(s){per_image}: fast epoch" in proc.stdout
+    free_step = " + the free step" if free else ""
+    assert f"F2{method} {row['F2']:.2f} 0.15      # {steps} {kind} step(s){per_image}{free_step}: fast epoch" in proc.stdout
 
 
 @pytest.mark.slow
