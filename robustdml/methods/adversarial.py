@@ -14,6 +14,7 @@ import torch
 from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, ascent_step, check_eps,
                        parse_eps, random_start)
 from ..errors import ConfigError
+from ..registry import flag
 from .base import TrainingMethod, TrainingSetup, register_method
 from .carry import PerturbationBank
 
@@ -53,11 +54,9 @@ class TrainingAttack:
             if steps != 10 or step_size is not None or init != "random":
                 raise ConfigError(f"preset {preset} sets steps, init and the step itself: drop steps, step_size and init")
             steps, init, self.step_factor = (PRESETS[preset][k] for k in ("steps", "init", "step_factor"))
-        if not isinstance(free_step, bool):
-            raise ConfigError(f"free_step must be true or false, got {free_step!r}")
-        if free_step and init != "carry":
+        if flag("free_step", free_step) and init != "carry":
             raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
-        self.init, self.preset, self.free_step = init, preset, bool(free_step)
+        self.init, self.preset, self.free_step = init, preset, free_step
         # the batch's adversarial leaves whose gradients the update fills, by slot (free_step)
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.banks: dict[int, PerturbationBank] = {}

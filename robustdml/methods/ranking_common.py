@@ -25,6 +25,7 @@ from torch import nn
 from ..attacks import Norm, ThreatModel, ascent_step, check_eps, parse_eps
 from ..attacks.optim import gradient_ascent
 from ..errors import ConfigError
+from ..registry import flag
 from ..losses import PairTripletLoss
 from ..models.modes import eval_mode
 from .adversarial import AdversarialMethod
@@ -60,11 +61,9 @@ class RankingAdversary:
             raise ConfigError(f"carry_by must be one of {', '.join(CARRY_BY)}, not '{carry_by}'")
         if carry_by != "role" and init != "carry":
             raise ConfigError("carry_by says how carried perturbations are kept: it needs init: carry")
-        if not isinstance(free_step, bool):
-            raise ConfigError(f"free_step must be true or false, got {free_step!r}")
-        if free_step and init != "carry":
+        if flag("free_step", free_step) and init != "carry":
             raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
-        self.init, self.carry_by, self.num_samples, self.free_step = init, carry_by, None, bool(free_step)
+        self.init, self.carry_by, self.num_samples, self.free_step = init, carry_by, None, free_step
         # the batch's adversarial leaf, its clean rows and their (bank, positions) per role (free_step)
         self.pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
         # one per role of the perturbed rows (e.g. positive, negative), or one for all (carry_by: image)
