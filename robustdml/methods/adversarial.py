@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, ascent_step, check_eps,
-                       parse_eps, random_start)
+from ..attacks import (AttackContext, EmbeddingDisplacement, LossAttack, Norm, ThreatModel, check_eps, parse_eps,
+                       random_start)
 from ..errors import ConfigError
-from ..registry import flag
 from .base import TrainingMethod, TrainingSetup, register_method
-from .carry import PerturbationBank
+from .carry import PerturbationBank, free_step_option, stepped_on
 
 OBJECTIVES = ("displacement", "loss")
 INITS = ("random", "zero", "carry")
@@ -54,9 +53,7 @@ class TrainingAttack:
             if steps != 10 or step_size is not None or init != "random":
                 raise ConfigError(f"preset {preset} sets steps, init and the step itself: drop steps, step_size and init")
             steps, init, self.step_factor = (PRESETS[preset][k] for k in ("steps", "init", "step_factor"))
-        if flag("free_step", free_step) and init != "carry":
-            raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
-        self.init, self.preset, self.free_step = init, preset, free_step
+        self.init, self.preset, self.free_step = init, preset, free_step_option(free_step, init)
         # the batch's adversarial leaves whose gradients the update fills, by slot (free_step)
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.banks: dict[int, PerturbationBank] = {}
@@ -115,11 +112,8 @@ class TrainingAttack:
         """The free step: each carried perturbation of the batch moves once more, up the gradient the
         update's backward pass left on its adversarial image, and is kept for the image's next visit."""
         for slot, (adversarial, images, index) in self.pending.items():
-            delta = adversarial.detach() - images
-            if adversarial.grad is not None:  # None: no member's loss used the batch, which is kept as found
-                delta = ascent_step(images, delta, adversarial.grad, self.bound_eps, self.attack.norm,
-                                    self.attack.step_size)
-            self.banks[slot].keep(index, delta)
+            self.banks[slot].keep(index, stepped_on(adversarial, images, self.bound_eps, self.attack.norm,
+                                                    self.attack.step_size))
         self.pending.clear()
 
     def state_dict(self) -> dict:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import Norm, project
+from ..attacks import Norm, ascent_step, project
+from ..errors import ConfigError
+from ..registry import flag
 
 QUANTA = 127
 
@@ -72,3 +74,19 @@ class PerturbationBank:
     def load_state_dict(self, state: dict) -> None:
         self.values = None if state["values"] is None else state["values"].clone()
         self.seen = state["seen"].clone()
+
+
+def free_step_option(free_step, init: str) -> bool:
+    """The ``free_step`` option of a training adversary: a boolean, and only with ``init: carry``."""
+    if flag("free_step", free_step) and init != "carry":
+        raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
+    return free_step
+
+
+def stepped_on(adversarial: torch.Tensor, clean: torch.Tensor, eps: float, norm: Norm, step_size: float) -> torch.Tensor:
+    """The free step: the perturbation of the leaf ``adversarial`` one projected step further up the
+    gradient the update's backward pass left on it; as found where no loss used it (no gradient)."""
+    delta = adversarial.detach() - clean
+    if adversarial.grad is None:
+        return delta
+    return ascent_step(clean, delta, adversarial.grad, eps, norm, step_size)

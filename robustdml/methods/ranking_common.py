@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import Norm, ThreatModel, ascent_step, check_eps, parse_eps
+from ..attacks import Norm, ThreatModel, check_eps, parse_eps
 from ..attacks.optim import gradient_ascent
 from ..errors import ConfigError
-from ..registry import flag
 from ..losses import PairTripletLoss
 from ..models.modes import eval_mode
 from .adversarial import AdversarialMethod
-from .carry import PerturbationBank
+from .carry import PerturbationBank, free_step_option, stepped_on
 
 #: RobRank's triplet margin for normalised Euclidean embeddings
 MARGIN = 0.2
@@ -61,9 +60,8 @@ class RankingAdversary:
             raise ConfigError(f"carry_by must be one of {', '.join(CARRY_BY)}, not '{carry_by}'")
         if carry_by != "role" and init != "carry":
             raise ConfigError("carry_by says how carried perturbations are kept: it needs init: carry")
-        if flag("free_step", free_step) and init != "carry":
-            raise ConfigError("free_step moves each image's carried perturbation after the update: it needs init: carry")
-        self.init, self.carry_by, self.num_samples, self.free_step = init, carry_by, None, free_step
+        self.init, self.carry_by, self.num_samples = init, carry_by, None
+        self.free_step = free_step_option(free_step, init)
         # the batch's adversarial leaf, its clean rows and their (bank, positions) per role (free_step)
         self.pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
         # one per role of the perturbed rows (e.g. positive, negative), or one for all (carry_by: image)
@@ -130,10 +128,7 @@ class RankingAdversary:
         """The free step: each carried perturbation of the batch moves once more, up the gradient
         the update's backward pass left on its adversarial rows, and is kept for the next visit."""
         for adversarial, x, kept_in in self.pending:
-            delta = adversarial.detach() - x
-            if adversarial.grad is not None:  # None: the loss did not use the rows, kept as found
-                delta = ascent_step(x, delta, adversarial.grad, self.bound_eps, Norm.LINF, self.step)
-            self._keep(kept_in, delta)
+            self._keep(kept_in, stepped_on(adversarial, x, self.bound_eps, Norm.LINF, self.step))
         self.pending.clear()
 
     @staticmethod
