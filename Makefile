@@ -49,7 +49,8 @@ gpu-checks: $(STAMP)
 	PYTHON=$(PY) bench/gpu_checks.sh $(GPU_OUT) $(FASHION)
 
 # RobRank's Fashion-MNIST grid at its full training settings, one seed (SEED=0, 1 or 2), the six
-# methods as parallel processes on one GPU (about 40 minutes on an H200; logs in the output folder);
+# methods as parallel processes on one GPU (about 40 minutes on an H200 eager; GRAPHS=1 adds
+# cuda_graphs=auto: graphed training passes; logs in the output folder);
 # FASHION=DIR names the folder of the four IDX files if they are not where Debian's package puts them.
 SEED    ?= 0
 FASHION ?=
@@ -57,7 +58,7 @@ FASHION_OUT := runs/benchmark-fashion-gpu
 bench-fashion-gpu: $(STAMP)
 	@mkdir -p $(FASHION_OUT)
 	for m in standard est act hm pgd-at eat; do \
-	  $(VENV)/bin/robustdml benchmark --config configs/benchmark-fashion-gpu.yaml --out $(FASHION_OUT) --quiet \
+	  $(VENV)/bin/robustdml benchmark --config configs/benchmark-fashion-gpu.yaml --out $(FASHION_OUT) --quiet $(if $(GRAPHS),train.cuda_graphs=auto) \
 	    $(if $(FASHION),--root fashion=$(FASHION)) --only method=$$m --only seed=$(SEED) \
 	    > $(FASHION_OUT)/$$m-s$(SEED).log 2>&1 & \
 	done; wait
