@@ -54,11 +54,12 @@ gpu-checks: $(STAMP)
 # FASHION=DIR names the folder of the four IDX files if they are not where Debian's package puts them.
 SEED    ?= 0
 FASHION ?=
+GRAPH_OPTION := $(if $(GRAPHS),train.cuda_graphs=auto)
 FASHION_OUT := runs/benchmark-fashion-gpu
 bench-fashion-gpu: $(STAMP)
 	@mkdir -p $(FASHION_OUT)
 	for m in standard est act hm pgd-at eat; do \
-	  $(VENV)/bin/robustdml benchmark --config configs/benchmark-fashion-gpu.yaml --out $(FASHION_OUT) --quiet $(if $(GRAPHS),train.cuda_graphs=auto) \
+	  $(VENV)/bin/robustdml benchmark --config configs/benchmark-fashion-gpu.yaml --out $(FASHION_OUT) --quiet $(GRAPH_OPTION) \
 	    $(if $(FASHION),--root fashion=$(FASHION)) --only method=$$m --only seed=$(SEED) \
 	    > $(FASHION_OUT)/$$m-s$(SEED).log 2>&1 & \
 	done; wait
@@ -74,7 +75,7 @@ ZS_OUT := runs/$(if $(filter full,$(GRID)),benchmark-fashion-zs-full,benchmark-f
 bench-fashion-zs-gpu: $(STAMP)
 	@mkdir -p $(ZS_OUT)
 	for m in pgd-at hm eat-control eat eat-distill-clean eat-distill-adv; do \
-	  $(VENV)/bin/robustdml benchmark --config $(ZS_CONFIG) --out $(ZS_OUT) --quiet train.workers=2 $(if $(GRAPHS),train.cuda_graphs=auto) \
+	  $(VENV)/bin/robustdml benchmark --config $(ZS_CONFIG) --out $(ZS_OUT) --quiet train.workers=2 $(GRAPH_OPTION) \
 	    $(if $(FASHION),--root fashion-zs=$(FASHION)) --only method=$$m --only seed=$(SEED) \
 	    > $(ZS_OUT)/$$m-s$(SEED).log 2>&1 & \
 	done; wait
